@@ -1,0 +1,79 @@
+"""Frozen settings, one dataclass per CLI verb and one field per flag.
+
+The CLI builds these from argparse; library users build them directly. Nothing here imports the
+rest of fastpart, so every stage may depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    dataset: str
+    source: str | None = None
+    download: bool = False
+    mirror: str | None = None
+    checksum: str | None = None
+    out: str = "data"
+    name: str | None = None
+    format: str = "beton"
+    force: bool = False
+    n_train: int | None = None
+    n_test: int | None = None
+    seed: int | None = None
+
+    def generator_options(self) -> dict[str, int]:
+        """Options of generated datasets (shapes); a changed option means a different dataset."""
+        options = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed}
+        return {k: v for k, v in options.items() if v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    backend: str = "auto"
+    batch_size: int = 128
+    device: str = "cpu"
+    precision: str = "fp32"
+    seed: int = 0
+    num_workers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; ``None`` means the dataset's paper default (``datasets.TrainDefaults``)."""
+
+    dataset: str = "shapes"
+    data_dir: str = "data"
+    out: str = "runs/latest"
+    method: str = "at"
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    wd: float | None = None
+    momentum: float = 0.9
+    milestones: tuple[int, ...] | None = None
+    eps: float = 8 / 255
+    alpha: float | None = None
+    steps: int = 10
+    eval_every: int = 0
+    eval_n: int | None = None
+    eval_steps: int = 20
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    loader: str = "auto"
+    workers: int = 0
+    limit_train: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

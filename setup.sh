@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh Debian/Ubuntu machine: the system packages ffcv builds against,
+# a virtual environment at .venv, and fastpart installed in editable mode with ffcv and test extras.
+# PYTHON picks the interpreter (default python3; fastpart's pins are tested on Python 3.11, Linux x86_64).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+system_packages="pkg-config libopencv-dev libturbojpeg0-dev"
+if command -v apt-get >/dev/null 2>&1; then
+    missing=""
+    for package in $system_packages; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+    done
+    if [ -n "$missing" ]; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "setup: installing system packages:$missing"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+else
+    echo "setup: no apt-get; make sure pkg-config, OpenCV 4 and libturbojpeg development files are installed" >&2
+fi
+
+"${PYTHON:-python3}" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+.venv/bin/python -m pip install -q -e '.[ffcv,test]'
+.venv/bin/fastpart --version
