@@ -1,0 +1,355 @@
+"""From a converted split (.beton or .npz) to batches on the device.
+
+``DeviceLoader`` is an iterable of ``(images, labels, indices)`` — or ``(images, labels, indices,
+aux)`` when a per-sample auxiliary tensor is attached — where images are float in [0, 1], NCHW in
+channels_last memory, in the requested precision. Two backends read the same file:
+
+* ``memory``: the whole split decoded once into one uint8 tensor on the device; batches are index
+  gathers (for CIFAR, SVHN, TinyImageNet: they fit with room to spare);
+* ``ffcv``: ffcv's Loader streams decoded uint8 batches (for datasets larger than device memory).
+
+Both draw the sample order from the same seeded permutation and run the same batched augmentation
+on the device (random crop with zero padding, horizontal flip), so for a given seed and epoch they
+yield identical batches. The auxiliary tensor (later: the PART eps mask) is looked up by sample index
+and receives exactly the crop and flip of its image. ffcv is imported only where it is used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastpart.errors import FastpartError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("auto", "memory", "ffcv")
+SPLIT_SUFFIXES = (".beton", ".npz")
+MEMORY_FRACTION = 0.25  # `auto` keeps a split in memory when it needs at most this share of what is free
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """A whole split in host memory: images uint8 (N, H, W, 3), labels and indices int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop after zero padding by ``crop_padding`` pixels (0: no crop) and random horizontal flip."""
+
+    crop_padding: int = 4
+    flip: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def split_path(data_dir: str | os.PathLike, dataset: str, split: str) -> Path:
+    """The converted file of one split: ``<data_dir>/<dataset>/<split>.beton`` (or ``.npz``)."""
+    folder = Path(data_dir) / dataset
+    for suffix in SPLIT_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    found = sorted(p.name for p in folder.glob("*") if p.suffix in SPLIT_SUFFIXES) if folder.is_dir() else []
+    hint = f"found: {', '.join(found)}" if found else f"run `fastpart convert {dataset} --out {data_dir}` first"
+    raise FastpartError(f"no {split}.beton or {split}.npz in {folder} ({hint})")
+
+
+def _import_ffcv():
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        raise FastpartError(
+            "reading .beton needs ffcv (pip install 'fastpart[ffcv]'); "
+            "or convert with --format npz and load the .npz"
+        ) from None
+    return ffcv
+
+
+def _ffcv_field_names(path: Path) -> list[str]:
+    _import_ffcv()
+    from ffcv.reader import Reader
+
+    return list(Reader(str(path)).handlers)
+
+
+def _read_beton(path: Path, num_workers: int) -> SplitArrays:
+    _import_ffcv()
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(
+        str(path), batch_size=1024, num_workers=num_workers or os.cpu_count() or 1,
+        order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True,
+    )
+    names = list(loader.reader.handlers)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in loader:
+        for name, values in zip(names, batch):
+            parts[name].append(values.numpy().copy())  # ffcv reuses its batch buffers
+    columns = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    for name, values in columns.items():
+        if values.ndim == 2 and values.shape[1] == 1:
+            columns[name] = values[:, 0]
+    images = columns.pop("image")
+    labels = columns.pop("label").astype(np.int64)
+    indices = columns.pop("index").astype(np.int64)
+    return SplitArrays(images, labels, indices, columns)
+
+
+def _read_npz(path: Path) -> SplitArrays:
+    try:
+        with np.load(path) as npz:
+            columns = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise FastpartError(f"cannot read {path}: {exc}") from None
+    if "images" not in columns or "labels" not in columns:
+        raise FastpartError(f"{path} must hold arrays 'images' (N, H, W, 3) uint8 and 'labels' (N,)")
+    images = columns.pop("images")
+    labels = columns.pop("labels").astype(np.int64)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(labels) != len(images):
+        raise FastpartError(f"{path}: images must be uint8 (N, H, W, 3) with N labels, got {images.shape} {images.dtype}")
+    indices = columns.pop("indices", np.arange(len(images))).astype(np.int64)
+    return SplitArrays(images, labels, indices, columns)
+
+
+def read_split(path: str | os.PathLike, num_workers: int = 0) -> SplitArrays:
+    """Decode a whole .beton or .npz split into host memory, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastpartError(f"no such file: {path}")
+    if path.suffix == ".npz":
+        return _read_npz(path)
+    if path.suffix == ".beton":
+        return _read_beton(path, num_workers)
+    raise FastpartError(f"{path}: expected a .beton or .npz file")
+
+
+# ---------------------------------------------------------------------------------------------
+# Randomness: one seeded stream per (seed, epoch, purpose), so any epoch can be replayed alone
+# ---------------------------------------------------------------------------------------------
+
+
+def stream_seed(seed: int, epoch: int, purpose: str) -> int:
+    words = [seed, epoch] + list(purpose.encode())
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of one epoch (CPU int64); identical for every backend."""
+    if not shuffle:
+        return torch.arange(num_samples)
+    generator = torch.Generator().manual_seed(stream_seed(seed, epoch, "order"))
+    return torch.randperm(num_samples, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation on the device, batched
+# ---------------------------------------------------------------------------------------------
+
+
+def crop_flip_coordinates(
+    batch: int, height: int, width: int, augment: Augment, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample source rows (B, H) and columns (B, W) into the padded image; flips reverse the columns."""
+    span = 2 * augment.crop_padding + 1
+    dy = torch.randint(0, span, (batch, 1), generator=generator, device=device)
+    dx = torch.randint(0, span, (batch, 1), generator=generator, device=device)
+    flip = torch.rand((batch, 1), generator=generator, device=device) < 0.5 if augment.flip else None
+    rows = dy + torch.arange(height, device=device)
+    ramp = torch.arange(width, device=device)
+    cols = dx + (torch.where(flip, ramp.flip(0), ramp) if flip is not None else ramp)
+    return rows, cols
+
+
+def crop_flip(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, padding: int) -> torch.Tensor:
+    """Gather ``x`` (B, H, W, ...) at padded coordinates ``rows``/``cols``; pixels outside become 0."""
+    batch = x.shape[0]
+    if padding:
+        pad = [0, 0] * (x.dim() - 3) + [padding, padding, padding, padding]
+        x = F.pad(x, pad)
+    b = torch.arange(batch, device=x.device)[:, None, None]
+    return x[b, rows[:, :, None], cols[:, None, :]]
+
+
+def to_model_input(images_nhwc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1], channels_last in memory (the permute is a view)."""
+    return images_nhwc.permute(0, 3, 1, 2).to(dtype).div_(255)
+
+
+def aux_to_nhwc(aux: torch.Tensor) -> torch.Tensor:
+    """(B, ..., H, W) -> (B, H, W, ...) so that it shares the image's gather."""
+    return aux.movedim((-2, -1), (1, 2)) if aux.dim() > 3 else aux
+
+
+def aux_from_nhwc(aux: torch.Tensor, dims: int) -> torch.Tensor:
+    return aux.movedim((1, 2), (-2, -1)).contiguous() if dims > 3 else aux
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_backend(path: Path, backend: str, device: torch.device, split_bytes: int) -> str:
+    if backend not in BACKENDS:
+        raise FastpartError(f"unknown loader backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if path.suffix == ".npz":
+        if backend == "ffcv":
+            raise FastpartError(f"{path}: the ffcv backend reads .beton files; use --loader memory for .npz")
+        return "memory"
+    if backend == "auto":
+        return "memory" if split_bytes <= MEMORY_FRACTION * available_bytes(device) else "ffcv"
+    return backend
+
+
+def _beton_split_bytes(path: Path) -> int:
+    _import_ffcv()
+    from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    meta = reader.metadata["f0"]
+    return int((meta["width"].astype(np.int64) * meta["height"].astype(np.int64) * 3).sum())
+
+
+class DeviceLoader:
+    """Seeded, device-side batches of one split; each ``iter()`` is one epoch (see ``set_epoch``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        backend: str = "auto",
+        shuffle: bool = True,
+        drop_last: bool | None = None,
+        seed: int = 0,
+        augment: Augment | None = None,
+        aux: torch.Tensor | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FastpartError(f"no such file: {self.path}")
+        if batch_size < 1:
+            raise FastpartError(f"batch size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise FastpartError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.dtype = PRECISIONS[precision]
+        self.shuffle = shuffle
+        self.drop_last = shuffle if drop_last is None else drop_last
+        self.seed = seed
+        self.augment = augment if augment is not None and augment.active else None
+        self.num_workers = num_workers
+        self.epoch = 0
+        split_bytes = self.path.stat().st_size if self.path.suffix == ".npz" else _beton_split_bytes(self.path)
+        self.backend = choose_backend(self.path, backend, self.device, split_bytes)
+        if self.backend == "memory":
+            arrays = read_split(self.path, num_workers)
+            self.images = torch.from_numpy(arrays.images).to(self.device)
+            self.labels = torch.from_numpy(arrays.labels).to(self.device)
+            self.indices = torch.from_numpy(arrays.indices).to(self.device)
+            self.extras = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.extras.items()}
+            self.num_samples = len(arrays.labels)
+            self.image_shape = tuple(arrays.images.shape[1:])
+        else:
+            self._ffcv = self._make_ffcv_loader()
+            self.num_samples = len(self._ffcv.indices)
+            meta = self._ffcv.reader.metadata["f0"]
+            self.image_shape = (int(meta["height"][0]), int(meta["width"][0]), 3)
+        self.aux: torch.Tensor | None = None
+        if aux is not None:
+            self.set_aux(aux)
+
+    def _make_ffcv_loader(self):
+        _import_ffcv()
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+        def to_device(*decode):
+            return [*decode, ToTensor(), ToDevice(self.device, non_blocking=True)]
+
+        pipelines = {name: None for name in _ffcv_field_names(self.path)}  # only what we need is decoded
+        pipelines.update(
+            image=to_device(SimpleRGBImageDecoder()),
+            label=to_device(IntDecoder()) + [Squeeze()],
+            index=to_device(IntDecoder()) + [Squeeze()],
+        )
+        return Loader(
+            str(self.path), batch_size=self.batch_size, num_workers=self.num_workers or os.cpu_count() or 1,
+            order=OrderOption.SEQUENTIAL, drop_last=self.drop_last, os_cache=True, pipelines=pipelines,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next ``iter()`` runs: it fixes that epoch's order and augmentation."""
+        self.epoch = epoch
+
+    def set_aux(self, aux: torch.Tensor | None) -> None:
+        """Attach a per-sample tensor (N, ..., H, W), looked up by sample index and augmented with its image."""
+        if aux is not None:
+            if aux.shape[0] != self.num_samples or tuple(aux.shape[-2:]) != self.image_shape[:2]:
+                raise FastpartError(
+                    f"aux must have shape ({self.num_samples}, ..., {self.image_shape[0]}, {self.image_shape[1]}), "
+                    f"got {tuple(aux.shape)}"
+                )
+            aux = aux.to(self.device)
+        self.aux = aux
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def _raw_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """uint8 NHWC images, labels, indices on the device, in ``order``."""
+        if self.backend == "memory":
+            order = order.to(self.device)
+            for b in range(len(self)):
+                rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+                yield self.images[rows], self.labels[rows], self.indices[rows]
+        else:
+            self._ffcv.traversal_order.indices = order.numpy().astype(np.uint64)
+            for images, labels, indices in self._ffcv:
+                yield images, labels.long(), indices.long()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        epoch = self.epoch
+        self.epoch += 1
+        order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+        generator = torch.Generator(self.device).manual_seed(stream_seed(self.seed, epoch, "augment"))
+        for images, labels, indices in self._raw_batches(order):
+            aux = self.aux[indices] if self.aux is not None else None
+            if self.augment is not None:
+                rows, cols = crop_flip_coordinates(len(images), *images.shape[1:3], self.augment, generator, self.device)
+                images = crop_flip(images, rows, cols, self.augment.crop_padding)
+                if aux is not None:
+                    aux = aux_from_nhwc(crop_flip(aux_to_nhwc(aux), rows, cols, self.augment.crop_padding), aux.dim())
+            batch = (to_model_input(images, self.dtype), labels.clone(), indices.clone())
+            yield batch if aux is None else (*batch, aux)
