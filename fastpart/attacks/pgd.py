@@ -1,0 +1,68 @@
+"""Projected gradient descent under an L-inf budget that may differ per pixel (Madry et al., ICLR 2018;
+PART's mask-weighted PGD, Zhang et al., ICML 2024).
+
+Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float or a tensor broadcastable to x (PART's eps map).
+
+    x0      = clip(x + U(-eps, eps), 0, 1)
+    x_{t+1} = clip(min(max(x_t + alpha * sign(grad_x loss(f(x_t), y)), x - eps), x + eps), 0, 1)
+
+With eps a float (or the same value everywhere) this is standard PGD. The model runs in eval mode
+(batch-norm statistics frozen) and only the input gradient is computed; parameters get no .grad.
+
+Example:
+    x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | float, alpha: float) -> torch.Tensor:
+    """One signed step, projection into the per-pixel box around x, and clip to [0, 1]."""
+    stepped = x_adv + alpha * grad.sign()
+    return torch.clamp(torch.min(torch.max(stepped, x - eps), x + eps), 0.0, 1.0)
+
+
+def random_start(x: torch.Tensor, eps: torch.Tensor | float, generator: torch.Generator | None = None) -> torch.Tensor:
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+    return torch.clamp(x + noise * eps, 0.0, 1.0)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: torch.Tensor | float,
+    alpha: float,
+    steps: int,
+    loss_fn: LossFn = cross_entropy_sum,
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Return adversarial examples for (x, y); the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    x = x.detach()
+    x_adv = random_start(x, eps, generator) if random_init else x.clone()
+    try:
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = loss_fn(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = pgd_step(x_adv.detach(), grad, x, eps, alpha)
+    finally:
+        model.train(was_training)
+    return x_adv.detach()
