@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 
-from fastpart.datasets import ReadResult, SplitData
+from fastpart.arrays import ReadResult, SplitData
 from fastpart.errors import DatasetError
 
 CLASS_NAMES: tuple[str, ...] = (

@@ -48,6 +48,8 @@ from fastpart.datasets import (
     SplitData,
     file_checksum,
     get_dataset,
+)
+from fastpart.readers import (
     read_cifar10,
     read_cifar10c,
     read_imagefolder,
