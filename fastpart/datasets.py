@@ -159,7 +159,10 @@ DATASETS: dict[str, DatasetInfo] = {
             description="Generated offline 10-class shapes with object masks (no source; --n-train/--n-test/--seed)",
             sources=(),
             read=read_shapes,
-            defaults=_CIFAR10_DEFAULTS,
+            defaults=TrainDefaults(  # a CPU-sized demo, not a paper setting
+                model="resnet18_cifar_w8", epochs=8, batch_size=64, lr=0.02, weight_decay=2e-4, alpha=2 / 255,
+                augment=True,
+            ),
             generated=True,
             num_classes=10,
             image_size=32,

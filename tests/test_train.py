@@ -41,12 +41,15 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
     assert state["epoch"] == 4 and state["scheduler"]["last_epoch"] == 4
 
 
-def test_paper_defaults_fill_unset_options(data_dir, tmp_path):
-    from fastpart.train import load_manifest, paper_defaults, resolve
+def test_paper_defaults_fill_unset_options():
+    from fastpart.train import paper_defaults, resolve
 
-    cfg = resolve(TrainConfig(data_dir=str(data_dir), epochs=8), paper_defaults(load_manifest(str(data_dir), "shapes")))
-    assert (cfg.model, cfg.batch_size, cfg.lr, cfg.wd, cfg.milestones) == ("resnet18_cifar", 128, 0.01, 2e-4, (6,))
-    assert cfg.alpha == pytest.approx(2 / 255) and cfg.device == "cpu" and cfg.precision == "fp32"
+    cfg = resolve(TrainConfig(dataset="cifar10", device="cpu"), paper_defaults({"dataset": "cifar10"}))
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.wd, cfg.milestones) == ("resnet18_cifar", 80, 128, 0.01, 2e-4, (60,))
+    assert cfg.alpha == pytest.approx(2 / 255) and cfg.precision == "fp32"
+    svhn = resolve(TrainConfig(dataset="svhn", epochs=8, lr=0.1), paper_defaults({"dataset": "svhn"}))
+    assert (svhn.epochs, svhn.lr, svhn.wd, svhn.milestones) == (8, 0.1, 3.5e-3, (6,)) and svhn.alpha == pytest.approx(1 / 255)
+    assert paper_defaults({"dataset": "imagefolder"}) == paper_defaults({"dataset": "cifar10"})
 
 
 def test_diverging_run_stops_with_a_clear_message(data_dir, tmp_path):
