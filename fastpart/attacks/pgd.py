@@ -3,7 +3,7 @@ PART's mask-weighted PGD, Zhang et al., ICML 2024).
 
 Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float or a tensor broadcastable to x (PART's eps map).
 
-    x0      = clip(x + U(-eps, eps), 0, 1)
+    x0      = clip(x + U(-eps, eps), 0, 1)          (TRADES: x + 0.001 N(0, 1))
     x_{t+1} = clip(min(max(x_t + alpha * sign(grad_x loss(f(x_t), y)), x - eps), x + eps), 0, 1)
 
 With eps a float (or the same value everywhere) this is standard PGD. The model runs in eval mode
@@ -34,9 +34,21 @@ def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: torc
     return torch.clamp(torch.min(torch.max(stepped, x - eps), x + eps), 0.0, 1.0)
 
 
-def random_start(x: torch.Tensor, eps: torch.Tensor | float, generator: torch.Generator | None = None) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
-    return torch.clamp(x + noise * eps, 0.0, 1.0)
+STARTS = ("uniform", "normal", "none")
+
+
+def random_start(
+    x: torch.Tensor, eps: torch.Tensor | float, start: str = "uniform", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """uniform: clip(x + U(-eps, eps), 0, 1); normal: x + 0.001 N(0, 1) (TRADES); none: x."""
+    if start == "uniform":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        return torch.clamp(x + noise * eps, 0.0, 1.0)
+    if start == "normal":
+        return x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if start == "none":
+        return x.clone()
+    raise ValueError(f"unknown start {start!r}; choose from {', '.join(STARTS)}")
 
 
 def pgd(
@@ -47,7 +59,7 @@ def pgd(
     alpha: float,
     steps: int,
     loss_fn: LossFn = cross_entropy_sum,
-    random_init: bool = True,
+    start: str = "uniform",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -55,7 +67,7 @@ def pgd(
     was_training = model.training
     model.eval()
     x = x.detach()
-    x_adv = random_start(x, eps, generator) if random_init else x.clone()
+    x_adv = random_start(x, eps, start, generator)
     try:
         for _ in range(steps):
             x_adv.requires_grad_(True)
