@@ -1,0 +1,175 @@
+"""Training objectives of the base methods AT, TRADES and MART, as one table.
+
+Each objective says how PGD starts, which loss the attack ascends, and which loss the update descends.
+With z = f(x) the natural logits, z' = f(x') the adversarial logits, p = softmax(z), p' = softmax(z'),
+B the batch size and K the number of classes:
+
+    AT     (Madry et al. 2018)  attack  sum_i CE(z'_i, y_i)
+                                loss    mean_i CE(z'_i, y_i)
+    TRADES (Zhang et al. 2019)  attack  sum_i sum_k p_ik (log p_ik - log p'_ik)          (p detached)
+                                loss    mean_i CE(z_i, y_i) + beta * [sum_i sum_k p_ik (log p_ik - log p'_ik)] / B
+    MART   (Wang et al. 2020)   attack  sum_i CE(z'_i, y_i)
+                                loss    mean_i [CE(z'_i, y_i) - log(1.0001 - p'_{i,y'_i} + 1e-12)]
+                                        + beta * mean_i [sum_k p_ik (log p_ik - log(p'_ik + 1e-12))]
+                                                        * (1.0000001 - p_{i,y_i})
+                                where y'_i = the most likely wrong class under p'_i (the top class of p'_i,
+                                or the second one when the top class is y_i).
+
+beta = 6 for TRADES and MART. The numerics follow the authors' code: yaodongyu/TRADES trades.py
+(nn.KLDivLoss(size_average=False), i.e. a sum, divided by the batch size) and YisenWang/MART mart.py
+(the 1.0001, 1e-12 and 1.0000001 constants, nn.KLDivLoss(reduction='none') on log(p' + 1e-12), the
+top-2 trick for y'). KL terms use torch's convention 0 * log 0 = 0. Logits are cast to float32 first, so
+bf16 logits (autocast) give float32 losses.
+
+PGD starts (SPEC): uniform in the eps box for AT and MART, x + 0.001 N(0, 1) for TRADES. (MART's mart.py
+itself starts from 0.001 N(0, 1); fastpart follows the SPEC.)
+
+Example:
+    objective = get_objective("trades")
+    logits_nat = model(x)  # eval mode
+    probs = natural_probs(logits_nat)
+    x_adv = pgd(model, x, y, eps, alpha, steps, loss_fn=attack_loss_fn(objective, probs), start=objective.start)
+    loss = objective.loss(model(x_adv), model(x), y, objective.beta)  # train mode
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from fastpart.errors import FastpartError
+
+AttackLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+TrainLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, float], torch.Tensor]
+
+TRADES_BETA = 6.0
+MART_BETA = 6.0
+MART_BCE_ONE = 1.0001  # mart.py: log(1.0001 - adv_probs + 1e-12)
+MART_LOG_EPS = 1e-12  # mart.py: log(adv_probs + 1e-12) and the BCE term above
+MART_WEIGHT_ONE = 1.0000001  # mart.py: (1.0000001 - true_probs)
+
+
+# ---- building blocks (all float32) -------------------------------------------------------------------
+
+
+def natural_probs(logits_nat: torch.Tensor) -> torch.Tensor:
+    """softmax(f(x)) in float32, detached: TRADES's attack target, computed once per batch."""
+    return F.softmax(logits_nat.detach().float(), dim=1)
+
+
+def kl_sum(logits_adv: torch.Tensor, probs_nat: torch.Tensor) -> torch.Tensor:
+    """sum_i KL(p_i || softmax(z'_i)) = KLDivLoss(reduction='sum')(log_softmax(z'), p), as TRADES."""
+    return F.kl_div(F.log_softmax(logits_adv.float(), dim=1), probs_nat.float(), reduction="sum")
+
+
+def most_likely_wrong_class(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MART's y': the top class of each row, or the runner-up where the top class is the label."""
+    top2 = probs.topk(2, dim=1).indices
+    return torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+
+
+def mart_bce(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_i [CE(z'_i, y_i) - log(1.0001 - p'_{i,y'_i} + 1e-12)] (MART's boosted CE)."""
+    logits_adv = logits_adv.float()
+    probs_adv = F.softmax(logits_adv, dim=1)
+    wrong = most_likely_wrong_class(probs_adv, y)
+    margin = F.nll_loss(torch.log(MART_BCE_ONE - probs_adv + MART_LOG_EPS), wrong)
+    return F.cross_entropy(logits_adv, y) + margin
+
+
+def mart_weighted_kl(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_i [sum_k KL_k(p_i || p'_i)] * (1.0000001 - p_{i,y_i}), with log(p' + 1e-12) as in mart.py."""
+    probs_adv = F.softmax(logits_adv.float(), dim=1)
+    probs_nat = F.softmax(logits_nat.float(), dim=1)
+    kl = F.kl_div(torch.log(probs_adv + MART_LOG_EPS), probs_nat, reduction="none").sum(dim=1)
+    true_probs = probs_nat.gather(1, y.unsqueeze(1)).squeeze(1)
+    return (kl * (MART_WEIGHT_ONE - true_probs)).sum() / logits_adv.shape[0]
+
+
+def _require(tensor: torch.Tensor | None, what: str, objective: str) -> torch.Tensor:
+    if tensor is None:
+        raise FastpartError(f"the {objective} objective needs {what}; got None")
+    return tensor
+
+
+# ---- attack losses: (logits_adv, y, natural_probs | None) -> scalar sum over the batch ------------------
+
+
+def ce_attack(logits_adv: torch.Tensor, y: torch.Tensor, probs_nat: torch.Tensor | None = None) -> torch.Tensor:
+    return F.cross_entropy(logits_adv.float(), y, reduction="sum")
+
+
+def trades_attack(logits_adv: torch.Tensor, y: torch.Tensor, probs_nat: torch.Tensor | None) -> torch.Tensor:
+    return kl_sum(logits_adv, _require(probs_nat, "natural probabilities for its attack", "trades"))
+
+
+# ---- training losses: (logits_adv, logits_nat | None, y, beta) -> scalar --------------------------------
+
+
+def at_loss(
+    logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = 0.0
+) -> torch.Tensor:
+    return F.cross_entropy(logits_adv.float(), y)
+
+
+def trades_loss(
+    logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = TRADES_BETA
+) -> torch.Tensor:
+    logits_nat = _require(logits_nat, "natural logits", "trades").float()
+    robust = kl_sum(logits_adv, F.softmax(logits_nat, dim=1)) / logits_adv.shape[0]
+    return F.cross_entropy(logits_nat, y) + float(beta) * robust
+
+
+def mart_loss(
+    logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = MART_BETA
+) -> torch.Tensor:
+    logits_nat = _require(logits_nat, "natural logits", "mart")
+    return mart_bce(logits_adv, y) + float(beta) * mart_weighted_kl(logits_adv, logits_nat, y)
+
+
+# ---- the table -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One base method: how PGD starts, what it ascends, what the update descends."""
+
+    name: str
+    start: str  # PGD start: "uniform" (AT, MART) or "normal" (TRADES: x + 0.001 N(0, 1))
+    needs_natural_logits: bool  # the training loss uses f(x)
+    attack_loss: AttackLoss  # (logits_adv, y, natural_probs | None) -> scalar sum over the batch
+    loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss
+    beta: float = 0.0
+    attack_needs_natural_probs: bool = False  # the attack uses softmax(f(x)) (TRADES): compute it first
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "at": Objective("at", "uniform", False, ce_attack, at_loss),
+    "trades": Objective("trades", "normal", True, trades_attack, trades_loss, TRADES_BETA, True),
+    "mart": Objective("mart", "uniform", True, ce_attack, mart_loss, MART_BETA),
+}
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise FastpartError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}") from None
+
+
+def attack_loss_fn(
+    objective: Objective, natural_probs: torch.Tensor | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Bind softmax(f(x)) (detached, float32) into the (logits, y) -> loss signature of attacks.pgd.pgd."""
+    if objective.attack_needs_natural_probs:
+        _require(natural_probs, "natural probabilities for its attack", objective.name)
+    probs = None if natural_probs is None else natural_probs.detach().float()
+    attack = objective.attack_loss
+
+    def loss_fn(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return attack(logits_adv, y, probs)
+
+    return loss_fn
