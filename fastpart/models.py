@@ -51,6 +51,7 @@ class _CifarNet(nn.Module):
 
     _classifier_name: str
     _cam_layer_name: str
+    cam_layer_feeds_gap_linear = False  # True where the CAM layer's output goes through GAP + linear alone
 
     def _init_input(self, num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         if (mean is None) != (std is None):
@@ -100,6 +101,7 @@ class ResNet18Cifar(_CifarNet):
     """CIFAR ResNet-18: 3x3 stem, stages of 2 blocks at widths w, 2w, 4w, 8w; layer4 is 4x4 at 32x32."""
 
     _classifier_name, _cam_layer_name = "linear", "layer4"
+    cam_layer_feeds_gap_linear = True  # so GradCAM = CAM: alpha_k = W[c, k] / (h w), no backward pass
 
     def __init__(self, num_classes: int = 10, width: int = 64, drop_rate: float = 0.0,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
