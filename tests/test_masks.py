@@ -1,0 +1,536 @@
+"""PART masks: CAM -> eps levels (paper and reference modes), eps maps, schedule, cache key, on-disk cache."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastpart.atomic
+import fastpart.masks as masks_module
+from fastpart.errors import FastpartError
+from fastpart.masks import (
+    MaskCache,
+    MaskSettings,
+    cache_key,
+    compute_split_levels,
+    eps_levels,
+    eps_map,
+    jet_indices,
+    jet_table,
+    mask_epoch_for,
+    pack_levels,
+    pil_resize,
+    refresh_epochs,
+    unpack_levels,
+)
+
+PAPER = MaskSettings()
+REFERENCE = MaskSettings(mode="reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper mode
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_paper(maps: np.ndarray, size: tuple[int, int], tau: float, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Independent float64 computation: upsample (torch, align_corners=False), population z-score, z > tau.
+
+    Also returns z, so comparisons can skip pixels whose z is within float32 noise of tau.
+    """
+    t = torch.from_numpy(maps.astype(np.float64))[:, None]
+    up = t if tuple(maps.shape[1:]) == size else F.interpolate(t, size=size, mode=mode, align_corners=False)
+    up = up[:, 0].numpy()
+    flat = up.reshape(len(up), -1)
+    z = (flat - flat.mean(axis=1, keepdims=True)) / flat.std(axis=1, keepdims=True)  # np.std: ddof = 0
+    z = z.reshape(up.shape)
+    return (z > tau).astype(np.uint8), z
+
+
+def test_paper_hot_spot_identity_size():
+    cam = torch.zeros(1, 6, 6)
+    cam[0, 2, 3] = 10.0
+    levels, degenerate = eps_levels(cam, (6, 6), PAPER)
+    assert levels.dtype == torch.uint8 and levels.shape == (1, 1, 6, 6)
+    expected = np.zeros((1, 1, 6, 6), np.uint8)
+    expected[0, 0, 2, 3] = 1
+    np.testing.assert_array_equal(levels.numpy(), expected)
+    assert not degenerate.any()
+
+
+@pytest.mark.parametrize("tau", [-0.5, 0.0, 0.5, 1.0, 1.5, 2.5])
+def test_paper_tau_respected_on_graded_map(tau):
+    # values 0..35 permuted: z-scores are spread out, none within 1e-3 of the taus above
+    rng = np.random.default_rng(1)
+    cam = rng.permutation(36).reshape(1, 6, 6).astype(np.float32) ** 1.5
+    expected, z = expected_paper(cam, (6, 6), tau, "bicubic")
+    assert np.abs(z - tau).min() > 1e-3
+    levels, degenerate = eps_levels(torch.from_numpy(cam), (6, 6), MaskSettings(tau=tau))
+    np.testing.assert_array_equal(levels.numpy()[:, 0], expected)
+    assert not degenerate.any()
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("h,size", [(4, (32, 32)), (8, (32, 32)), (3, (17, 29))])
+def test_paper_upsampled_matches_torch_interpolate(interpolation, h, size):
+    rng = np.random.default_rng(h)
+    cam = np.maximum(rng.normal(size=(16, h, h + 1)), 0).astype(np.float32) * 3.0
+    cam[0, 1, 1] = 7.0  # a clear hot spot
+    settings = MaskSettings(interpolation=interpolation)
+    levels, degenerate = eps_levels(torch.from_numpy(cam), size, settings)
+    assert levels.shape == (16, 1) + size and levels.dtype == torch.uint8
+    expected, z = expected_paper(cam, size, 1.0, interpolation)
+    differ = levels.numpy()[:, 0] != expected
+    assert not (differ & (np.abs(z - 1.0) > 1e-4)).any()  # only float32 ties at the threshold may differ
+    assert differ.sum() <= 2
+    assert not degenerate.any()
+    assert 0 < levels.float().mean() < 0.5
+
+
+def test_paper_hot_spot_upsampled_is_a_blob_around_it():
+    cam = torch.zeros(1, 4, 4)
+    cam[0, 1, 2] = 1.0
+    levels, _ = eps_levels(cam, (32, 32), PAPER)
+    ys, xs = np.nonzero(levels[0, 0].numpy())
+    assert len(ys) > 0
+    # the hot cell (1, 2) of the 4x4 grid covers rows 8..15 and columns 16..23 at 32x32
+    assert 8 <= ys.mean() <= 15 and 16 <= xs.mean() <= 23
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_paper_degenerate_maps_fall_back_to_eps_everywhere(interpolation):
+    rng = np.random.default_rng(3)
+    cams = torch.from_numpy(rng.random((6, 4, 4)).astype(np.float32))
+    cams[1] = 0.37  # constant
+    cams[2] = 0.0  # ReLU killed everything
+    cams[3, 2, 1] = float("nan")
+    cams[4, 0, 0] = float("inf")
+    settings = MaskSettings(interpolation=interpolation)
+    levels, degenerate = eps_levels(cams, (16, 16), settings)
+    assert degenerate.tolist() == [False, True, True, True, True, False]
+    for i in (1, 2, 3, 4):
+        assert bool((levels[i] == 1).all())
+    # the healthy maps are unaffected by their neighbours
+    alone, _ = eps_levels(cams[[0, 5]], (16, 16), settings)
+    assert torch.equal(levels[[0, 5]], alone)
+    assert not bool((levels[0] == 1).all())
+
+
+def test_paper_is_scale_and_shift_invariant():
+    rng = np.random.default_rng(4)
+    cams = torch.from_numpy(rng.random((8, 4, 4)).astype(np.float32))
+    a, _ = eps_levels(cams, (32, 32), PAPER)
+    b, _ = eps_levels(cams * 1000.0 + 5.0, (32, 32), PAPER)
+    assert (a != b).float().mean() < 1e-3
+
+
+def test_eps_levels_rejects_bad_input():
+    with pytest.raises(FastpartError):
+        eps_levels(torch.zeros(4, 4), (8, 8), PAPER)
+    with pytest.raises(FastpartError):
+        eps_levels(torch.zeros(1, 4, 4, dtype=torch.int64), (8, 8), PAPER)
+    with pytest.raises(FastpartError):
+        MaskSettings(mode="weird")
+    with pytest.raises(FastpartError):
+        MaskSettings(interpolation="nearest")
+    with pytest.raises(FastpartError):
+        MaskSettings(target="other")
+    with pytest.raises(FastpartError):
+        MaskSettings(tau=float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference mode
+# ---------------------------------------------------------------------------------------------
+
+
+def test_jet_table_and_indexing_match_matplotlib():
+    import matplotlib
+
+    cmap = matplotlib.colormaps["jet"]
+    rng = np.random.default_rng(5)
+    edges = np.arange(257, dtype=np.float64) / 256
+    for dtype in (np.float32, np.float64):
+        x = np.concatenate(
+            [rng.random(50_000) * 1.4, edges, np.nextafter(edges, -1), np.nextafter(edges, 2), [0.0, 1.0, 3.0]]
+        ).astype(dtype)
+        x = x[x >= 0]
+        ours = jet_table()[jet_indices(torch.from_numpy(x))].numpy()
+        np.testing.assert_array_equal(ours, cmap(x)[:, :3])
+    assert jet_table().shape == (256, 3) and jet_table().dtype == torch.float64
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_pil_resize_matches_pillow(interpolation):
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    flt = Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR
+    for h, w, rows, cols in [(4, 4, 32, 32), (8, 8, 32, 32), (3, 5, 17, 29), (6, 6, 6, 6)]:
+        maps = rng.random((8, h, w)).astype(np.float32)
+        ours = pil_resize(torch.from_numpy(maps), (rows, cols), interpolation).numpy()
+        ref = np.stack([np.asarray(Image.fromarray(m).resize((cols, rows), resample=flt)) for m in maps])
+        np.testing.assert_array_equal(ours, ref)
+
+
+def released_reference(cam: np.ndarray, size: int, eps: float = 8 / 255, low: float = 7 / 255) -> np.ndarray:
+    """The released code (utils.py: craft_weight_matrix, process_overlay, generate_weighted_eps), one image.
+
+    torchcam 0.3.2 min-max normalises the ReLU'd CAM in float32; torchvision 0.14's to_pil_image keeps a
+    float32 ndarray as a mode "F" image (no x255); PIL BICUBIC resize; square; matplotlib jet; RGB x255 as
+    double, /255; np.mean / np.std over all values; clamp to [1, max] in torch; float32; > 1 -> eps.
+    Returns the per-element eps (3, size, size) float32.
+    """
+    import matplotlib
+    from PIL import Image
+
+    heat = torch.from_numpy(cam.astype(np.float32)).clone()[None]
+    heat.sub_(heat.flatten(start_dim=-2).min(-1).values[..., None, None])
+    heat.div_(heat.flatten(start_dim=-2).max(-1).values[..., None, None] + 1e-8)
+    mask = Image.fromarray(heat[0].numpy(), mode=None)
+    assert mask.mode == "F"
+    overlay = mask.resize((size, size), resample=Image.BICUBIC)
+    cmap_overlay = matplotlib.colormaps["jet"](np.asarray(overlay) ** 2)
+    rgb = (255 * cmap_overlay[:, :, :3]).astype(np.double)
+    normalized = rgb / 255
+    mean, std = np.mean(normalized), np.std(normalized)
+    weight = torch.from_numpy((normalized - mean) / std)
+    weight = torch.clamp(weight, 1, weight.max()).float().permute(2, 0, 1)
+    return torch.where(weight > 1, eps, low).numpy()
+
+
+def test_reference_mode_matches_released_procedure():
+    rng = np.random.default_rng(7)
+    cams = []
+    for h in (4, 4, 4, 8, 8):
+        cam = np.maximum(rng.normal(size=(h, h)), 0) * rng.uniform(0.01, 50)
+        cams.append(cam.astype(np.float32))
+    cams.append(np.zeros((4, 4), np.float32))  # all zero: a uniform dark-blue jet image, not degenerate here
+    peak = np.zeros((4, 4), np.float32)
+    peak[2, 1] = 3.0
+    cams.append(peak)
+    channel_differs = False
+    for cam in cams:
+        levels, degenerate = eps_levels(torch.from_numpy(cam)[None], (32, 32), REFERENCE)
+        assert levels.shape == (1, 3, 32, 32) and levels.dtype == torch.uint8
+        assert not degenerate.any()
+        ours = eps_map(levels, 8 / 255, 7 / 255)[0].numpy()
+        np.testing.assert_array_equal(ours, released_reference(cam, 32))
+        channel_differs |= bool((levels[0, 0] != levels[0, 1]).any() or (levels[0, 1] != levels[0, 2]).any())
+    assert channel_differs
+
+
+def test_reference_mode_zero_map_marks_the_blue_channel():
+    levels, degenerate = eps_levels(torch.zeros(1, 4, 4), (8, 8), REFERENCE)
+    assert not degenerate.any()
+    assert levels[0, 2].all() and not levels[0, :2].any()
+
+
+def test_reference_mode_batch_equals_single_images_and_nan_is_degenerate():
+    rng = np.random.default_rng(8)
+    cams = torch.from_numpy(np.maximum(rng.normal(size=(5, 4, 4)), 0).astype(np.float32))
+    cams[3, 0, 0] = float("nan")
+    levels, degenerate = eps_levels(cams, (32, 32), REFERENCE)
+    assert degenerate.tolist() == [False, False, False, True, False]
+    assert bool((levels[3] == 1).all())
+    for i in (0, 1, 2, 4):
+        single, _ = eps_levels(cams[i : i + 1], (32, 32), REFERENCE)
+        assert torch.equal(levels[i : i + 1], single)
+
+
+# ---------------------------------------------------------------------------------------------
+# eps_map
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_eps_map_values_and_dtype(dtype):
+    levels = torch.randint(0, 2, (3, 1, 5, 5), dtype=torch.uint8)
+    m = eps_map(levels, 8 / 255, 7 / 255, dtype=dtype)
+    assert m.dtype == dtype and m.shape == levels.shape
+    hi = torch.tensor(8 / 255, dtype=dtype)
+    lo = torch.tensor(7 / 255, dtype=dtype)
+    assert torch.equal(m[levels == 1], hi.expand(int((levels == 1).sum())))
+    assert torch.equal(m[levels == 0], lo.expand(int((levels == 0).sum())))
+    assert (torch.zeros(3, 3, 5, 5, dtype=dtype) + m).shape == (3, 3, 5, 5)  # broadcasts over channels
+
+
+def test_eps_map_reference_levels_per_channel():
+    levels = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    levels[0, 1, 0, 0] = 1
+    m = eps_map(levels, 0.5, 0.25)
+    assert m[0, 1, 0, 0] == 0.5 and m[0, 0, 0, 0] == 0.25 and m[0, 2, 0, 0] == 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_refresh_epochs():
+    assert refresh_epochs(80, 20, 10) == [20, 30, 40, 50, 60, 70]
+    assert refresh_epochs(80, 20, 0) == []
+    assert refresh_epochs(20, 20, 10) == []
+    assert refresh_epochs(10, 30, 10) == []
+    assert refresh_epochs(25, 20, 10) == [20]
+    assert refresh_epochs(5, 0, 1) == [0, 1, 2, 3, 4]
+    with pytest.raises(FastpartError):
+        refresh_epochs(80, -1, 10)
+
+
+def test_mask_epoch_for():
+    schedule = refresh_epochs(80, 20, 10)
+    assert [mask_epoch_for(e, schedule) for e in (0, 19)] == [None, None]
+    assert [mask_epoch_for(e, schedule) for e in (20, 29, 30, 31, 69, 70, 79)] == [20, 20, 30, 30, 60, 70, 70]
+    assert mask_epoch_for(50, []) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache key
+# ---------------------------------------------------------------------------------------------
+
+
+def small_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    return model.state_dict()
+
+
+def test_cache_key_stable_and_sensitive():
+    state = small_state()
+    key = cache_key("abc", state, PAPER, 8 / 255, 7 / 255)
+    assert len(key) == 64 and int(key, 16) >= 0
+    assert cache_key("abc", {k: v.clone() for k, v in state.items()}, MaskSettings(), 8 / 255, 7 / 255) == key
+    assert cache_key("abd", state, PAPER, 8 / 255, 7 / 255) != key
+    assert cache_key("abc", state, PAPER, 8 / 255 + 1e-12, 7 / 255) != key
+    assert cache_key("abc", state, PAPER, 8 / 255, 6 / 255) != key
+    for change in (
+        dict(mode="reference"),
+        dict(tau=1.5),
+        dict(interpolation="bilinear"),
+        dict(cam="layercam"),
+        dict(target="label"),
+    ):
+        assert cache_key("abc", state, MaskSettings(**change), 8 / 255, 7 / 255) != key
+    for name in state:
+        changed = {k: v.clone() for k, v in state.items()}
+        flat = changed[name].view(-1)
+        flat[-1] = flat[-1] + 1
+        assert cache_key("abc", changed, PAPER, 8 / 255, 7 / 255) != key, name
+    retyped = dict(state)
+    retyped["0.weight"] = state["0.weight"].double()
+    assert cache_key("abc", retyped, PAPER, 8 / 255, 7 / 255) != key
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+
+
+def random_levels(n=7, c=3, h=5, w=7, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, size=(n, c, h, w), dtype=np.uint8)
+
+
+def test_pack_unpack_match_numpy():
+    lv = random_levels(9, 1, 3, 5)  # 15 bits per sample: a 1-bit tail
+    packed = pack_levels(torch.from_numpy(lv))
+    np.testing.assert_array_equal(packed.numpy(), np.packbits(lv.reshape(9, -1), axis=1))
+    assert torch.equal(unpack_levels(packed, lv.shape), torch.from_numpy(lv))
+
+
+def test_cache_round_trip_memmap_and_size(tmp_path):
+    cache = MaskCache(tmp_path / "masks")
+    lv = random_levels()
+    assert not cache.exists("k1")
+    stats = {"important_fraction": float(lv.mean()), "degenerate": 2, "n": 7, "seconds": np.float64(0.5)}
+    path = cache.save("k1", lv, stats, settings=REFERENCE)
+    assert path == cache.path("k1") and cache.exists("k1")
+    loaded = cache.load("k1")
+    assert loaded.dtype == torch.uint8 and loaded.shape == lv.shape
+    np.testing.assert_array_equal(loaded.numpy(), lv)
+    assert cache.stats("k1") == {"important_fraction": float(lv.mean()), "degenerate": 2, "n": 7, "seconds": 0.5}
+    header = cache.header("k1")
+    assert header["settings"] == REFERENCE.key_fields() and header["shape"] == [7, 3, 5, 7]
+    packed = cache.open_packed("k1")
+    assert isinstance(packed, np.memmap)
+    np.testing.assert_array_equal(np.asarray(packed), np.packbits(lv.reshape(7, -1), axis=1))
+    row_bytes = math.ceil(3 * 5 * 7 / 8)
+    size = path.stat().st_size
+    assert size == header["data_offset"] + 7 * row_bytes
+    assert header["data_offset"] <= 1024 and header["data_offset"] % 64 == 0
+    # torch input and bool levels too
+    cache.save("k2", torch.from_numpy(lv).bool(), {})
+    assert torch.equal(cache.load("k2"), torch.from_numpy(lv))
+    assert sorted(cache.keys()) == ["k1", "k2"]
+
+
+def test_cache_size_scales_as_bits(tmp_path):
+    cache = MaskCache(tmp_path)
+    lv = random_levels(200, 1, 32, 32, seed=1)
+    path = cache.save("big", lv, {})
+    assert abs(path.stat().st_size - lv.size / 8) <= 1024
+
+
+def test_cache_save_is_atomic_when_fsync_fails(tmp_path, monkeypatch):
+    cache = MaskCache(tmp_path)
+
+    def boom(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(fastpart.atomic.os, "fsync", boom)
+    with pytest.raises(OSError):
+        cache.save("k", random_levels(), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_save_crash_mid_write_keeps_previous_file(tmp_path, monkeypatch):
+    cache = MaskCache(tmp_path)
+    old = random_levels(seed=1)
+    cache.save("k", old, {"v": 1})
+    before = cache.path("k").read_bytes()
+
+    real_open = open
+
+    class Failing:
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                raise OSError("killed mid-write")
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(masks_module, "open", lambda *a, **k: Failing(real_open(*a, **k)), raising=False)
+    with pytest.raises(OSError):
+        cache.save("k", random_levels(seed=2), {"v": 2})
+    monkeypatch.undo()
+    assert cache.path("k").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["k.masks"]
+    assert torch.equal(cache.load("k"), torch.from_numpy(old))
+
+
+def test_cache_corrupt_files_raise(tmp_path):
+    cache = MaskCache(tmp_path)
+    with pytest.raises(FastpartError):
+        cache.load("missing")
+    lv = random_levels()
+    path = cache.save("k", lv, {})
+    good = path.read_bytes()
+
+    path.write_bytes(good[:-1])  # truncated
+    with pytest.raises(FastpartError, match="truncated"):
+        cache.load("k")
+    path.write_bytes(good + b"\0")  # trailing bytes
+    with pytest.raises(FastpartError):
+        cache.load("k")
+    path.write_bytes(b"NOTMASKS" + good[8:])  # bad magic
+    with pytest.raises(FastpartError):
+        cache.load("k")
+    path.write_bytes(good[:16] + b"[" + good[17:])  # broken JSON header
+    with pytest.raises(FastpartError):
+        cache.load("k")
+    path.write_bytes(good[:10])  # not even a header
+    with pytest.raises(FastpartError):
+        cache.load("k")
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x01  # a flipped bit in the data
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(FastpartError, match="checksum"):
+        cache.load("k")
+    path.write_bytes(good)
+    (tmp_path / "other.masks").write_bytes(good)  # a file under another key's name
+    with pytest.raises(FastpartError):
+        cache.load("other")
+    assert torch.equal(cache.load("k"), torch.from_numpy(lv))
+    with pytest.raises(FastpartError):
+        cache.path("../escape")
+
+
+def test_cache_header_is_json(tmp_path):
+    cache = MaskCache(tmp_path)
+    path = cache.save("k", random_levels(), {"a": 1})
+    raw = path.read_bytes()
+    assert raw[:8] == b"FPMASKS1"
+    length = int.from_bytes(raw[8:16], "little")
+    assert json.loads(raw[16 : 16 + length])["key"] == "k"
+
+
+def test_cache_prune(tmp_path):
+    cache = MaskCache(tmp_path)
+    for k in ("a", "b", "c"):
+        cache.save(k, random_levels(), {})
+    (tmp_path / ".a.masks.xyz.tmp").write_bytes(b"partial")
+    (tmp_path / "unrelated.txt").write_text("keep me")
+    cache.prune({"b"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.masks", "unrelated.txt"]
+    MaskCache(tmp_path / "absent").prune(set())
+
+
+# ---------------------------------------------------------------------------------------------
+# compute_split_levels
+# ---------------------------------------------------------------------------------------------
+
+
+def make_split(n=11, size=8, seed=9):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    images[min(4, n - 1), :, :, 0] = 200  # a flat red channel: a degenerate map in paper mode
+    labels = rng.integers(0, 10, size=n)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+class RedCam:
+    """A fake CAM: the red channel, 2x2-subsampled; records what it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, targets):
+        self.calls.append((x, targets))
+        return x[:, 0, ::2, ::2].float() * 3.0
+
+
+@pytest.mark.parametrize("settings", [PAPER, REFERENCE, MaskSettings(target="label", interpolation="bilinear")])
+def test_compute_split_levels_matches_direct_computation(settings):
+    images, labels = make_split()
+    cam = RedCam()
+    levels, stats = compute_split_levels(cam, images, labels, settings, batch_size=4, progress=False)
+    assert levels.shape == (11, settings.channels, 8, 8) and levels.dtype == torch.uint8
+    direct_cams = images.permute(0, 3, 1, 2).float()[:, 0, ::2, ::2] / 255 * 3.0
+    expected, degenerate = eps_levels(direct_cams, (8, 8), settings)
+    assert torch.equal(levels, expected)
+    assert [len(x) for x, _ in cam.calls] == [4, 4, 3]
+    for i, (x, targets) in enumerate(cam.calls):
+        assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+        assert 0 <= float(x.min()) and float(x.max()) <= 1
+        if settings.target == "label":
+            assert torch.equal(targets, labels[4 * i : 4 * i + len(x)])
+        else:
+            assert targets is None
+    assert stats["n"] == 11
+    assert stats["degenerate"] == int(degenerate.sum())
+    assert stats["degenerate"] == (1 if settings.mode == "paper" else 0)
+    assert stats["important_fraction"] == pytest.approx(float(levels.double().mean()), abs=1e-12)
+    assert stats["seconds"] >= 0
+
+
+def test_compute_split_levels_rejects_bad_input():
+    images, labels = make_split(3)
+    with pytest.raises(FastpartError):
+        compute_split_levels(RedCam(), images.float(), labels, PAPER, progress=False)
+    with pytest.raises(FastpartError):
+        compute_split_levels(RedCam(), images, labels[:2], PAPER, progress=False)
+    with pytest.raises(FastpartError):
+        compute_split_levels(lambda x, t: x[:1, 0], images, labels, PAPER, batch_size=2, progress=False)
