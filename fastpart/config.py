@@ -54,6 +54,7 @@ class TrainConfig:
     dataset: str = "shapes"
     data_dir: str = "data"
     out: str = "runs/latest"
+    resume: bool = False
     method: str = "at"
     model: str | None = None
     epochs: int | None = None
@@ -63,8 +64,17 @@ class TrainConfig:
     momentum: float = 0.9
     milestones: tuple[int, ...] | None = None
     eps: float = 8 / 255
+    eps_low: float = 7 / 255
     alpha: float | None = None
     steps: int = 10
+    burn_in: int = 20
+    mask_freq: int = 10
+    cam: str = "gradcam"
+    cam_backend: str = "native"
+    mask_mode: str = "paper"
+    mask_target: str = "pred"
+    tau: float = 1.0
+    interpolation: str = "bicubic"
     eval_every: int = 0
     eval_n: int | None = None
     eval_steps: int = 20
@@ -73,7 +83,6 @@ class TrainConfig:
     precision: str = "auto"
     loader: str = "auto"
     workers: int = 0
-    limit_train: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,8 +1,13 @@
-"""Adversarial training: the loop, its metrics, checkpoints and the final evaluation.
+"""Adversarial training: AT, TRADES, MART and their pixel-reweighted versions PART, PART-T, PART-M.
 
-One epoch: for every batch, craft PGD examples with the model in eval mode, then take an SGD step
-on the training loss in train mode. Per-epoch metrics go to ``metrics.jsonl``, settings to
-``config.json``, versions and device to ``env.json``, and the state to ``checkpoint.pt`` (atomic).
+One epoch: for every batch, craft PGD examples with the model in eval mode (per-pixel budget for
+PART after the burn-in), then take an SGD step on the method's loss in train mode. PART's masks are
+computed for the whole training split at the end of the burn-in and every ``mask_freq`` epochs,
+cached on disk, looked up by sample index and augmented with their images by the loader.
+
+The run folder holds ``config.json``, ``env.json``, ``metrics.jsonl`` (one line per epoch) and
+``checkpoint.pt`` (atomic, every epoch: model, optimizer, schedule, RNG states, mask-cache key), so
+``--resume`` continues a killed run exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -15,24 +20,53 @@ import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import fastpart
-from fastpart.atomic import atomic_path, write_json_atomic
+from fastpart.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from fastpart.attacks.pgd import pgd
+from fastpart.cam import CAM_BACKENDS, CAM_METHODS, class_activation_maps
 from fastpart.config import TrainConfig
 from fastpart.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
-from fastpart.loader import Augment, DeviceLoader, split_path
+from fastpart.loader import Augment, DeviceLoader, read_split, split_path
+from fastpart.masks import (
+    INTERPOLATIONS,
+    MASK_MODES,
+    TARGETS,
+    MaskCache,
+    MaskSettings,
+    cache_key,
+    compute_split_levels,
+    eps_levels,
+    eps_map,
+    refresh_epochs,
+)
 from fastpart.models import create_model
+from fastpart.objectives import Objective, attack_loss_fn, get_objective, natural_probs
 
-METHODS = ("at",)
+
+class Method(NamedTuple):
+    objective: str
+    pixel_reweighted: bool
+
+
+METHODS: dict[str, Method] = {
+    "at": Method("at", False),
+    "trades": Method("trades", False),
+    "mart": Method("mart", False),
+    "part": Method("at", True),
+    "part-trades": Method("trades", True),
+    "part-mart": Method("mart", True),
+}
 FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT = "checkpoint.pt"
+RESUME_MAY_CHANGE = {"resume", "eval_every", "workers"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,8 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--dataset", default=d.dataset, help="converted dataset name (folder under --data-dir)")
     p.add_argument("--data-dir", default=d.data_dir, help="where `fastpart convert --out` wrote")
-    p.add_argument("--out", default=d.out, help="run folder for metrics, config and checkpoints")
-    p.add_argument("--method", default=d.method, choices=METHODS, help="training method")
+    p.add_argument("--out", default=d.out, help="run folder for metrics, config, masks and checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--method", default=d.method, choices=list(METHODS),
+                   help="at/trades/mart, or their pixel-reweighted versions part/part-trades/part-mart")
     p.add_argument("--model", help="fastpart or timm model name (default: the dataset's paper model)")
     p.add_argument("--epochs", type=int, help="epochs (default: the dataset's paper setting)")
     p.add_argument("--batch-size", type=int, help="batch size (default: paper setting)")
@@ -53,9 +89,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wd", type=float, help="weight decay (default: paper setting)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--milestones", type=int, nargs="*", help="epochs where lr drops 10x (default: 75%% of epochs)")
-    p.add_argument("--eps", type=float, default=d.eps, help="L-inf budget in [0, 1] pixel units")
+    p.add_argument("--eps", type=float, default=d.eps, help="L-inf budget of important pixels, [0, 1] units")
+    p.add_argument("--eps-low", type=float, default=d.eps_low, help="PART: budget of the other pixels")
     p.add_argument("--alpha", type=float, help="PGD step size (default: the dataset's paper setting)")
     p.add_argument("--steps", type=int, default=d.steps, help="PGD steps during training")
+    p.add_argument("--burn-in", type=int, default=d.burn_in, help="PART: epochs of the plain base method first")
+    p.add_argument("--mask-freq", type=int, default=d.mask_freq,
+                   help="PART: recompute masks every N epochs after the burn-in (0: per batch, no cache)")
+    p.add_argument("--cam", default=d.cam, choices=CAM_METHODS, help="PART: class activation map method")
+    p.add_argument("--cam-backend", default=d.cam_backend, choices=CAM_BACKENDS,
+                   help="PART: native batched CAM, or the pytorch-grad-cam package")
+    p.add_argument("--mask-mode", default=d.mask_mode, choices=MASK_MODES,
+                   help="PART: paper (per pixel, standardised map > tau) or reference (released code, per channel)")
+    p.add_argument("--mask-target", default=d.mask_target, choices=TARGETS,
+                   help="PART: explain the predicted class or the true label")
+    p.add_argument("--tau", type=float, default=d.tau, help="PART: threshold on the standardised CAM")
+    p.add_argument("--interpolation", default=d.interpolation, choices=INTERPOLATIONS, help="PART: CAM upsampling")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="test natural + PGD accuracy every k epochs (0: end only)")
     p.add_argument("--eval-n", type=int, help="evaluate on a seeded subset of this many test images (default: all)")
     p.add_argument("--eval-steps", type=int, default=d.eval_steps, help="PGD steps of the test-set evaluation")
@@ -84,11 +133,11 @@ def load_manifest(data_dir: str, dataset: str) -> dict[str, Any]:
 
 def paper_defaults(manifest: dict[str, Any]) -> TrainDefaults:
     info = DATASETS.get(manifest.get("dataset", ""))
-    return (info.defaults if info and info.defaults else DATASETS[FALLBACK_DATASET].defaults)
+    return info.defaults if info and info.defaults else DATASETS[FALLBACK_DATASET].defaults
 
 
 def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
-    """Fill every unset field from the dataset's paper settings and the machine."""
+    """Fill every unset field from the dataset's paper settings and the machine, and check the result."""
     epochs = cfg.epochs if cfg.epochs is not None else defaults.epochs
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
@@ -104,12 +153,131 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
         device=device,
         precision=precision,
     )
+    if resolved.method not in METHODS:
+        raise FastpartError(f"unknown method {resolved.method!r}; choose from {', '.join(METHODS)}")
     if resolved.epochs < 1 or resolved.batch_size < 1 or resolved.steps < 0:
         raise FastpartError("epochs and batch size must be >= 1 and steps >= 0")
+    if resolved.burn_in < 0 or resolved.mask_freq < 0:
+        raise FastpartError("--burn-in and --mask-freq must be >= 0")
+    if METHODS[resolved.method].pixel_reweighted and not 0 <= resolved.eps_low <= resolved.eps:
+        raise FastpartError(f"need 0 <= eps-low <= eps, got eps-low {resolved.eps_low} and eps {resolved.eps}")
     return resolved
 
 
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+def mask_settings(cfg: TrainConfig) -> MaskSettings:
+    return MaskSettings(mode=cfg.mask_mode, tau=cfg.tau, interpolation=cfg.interpolation, cam=cfg.cam,
+                        target=cfg.mask_target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks: CAM -> per-pixel budget
+# ---------------------------------------------------------------------------------------------
+
+
+def cam_function(model: nn.Module, cfg: TrainConfig):
+    """(x, labels or None) -> raw CAMs of the model (eval mode) for the settings' target class."""
+
+    def cams(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.autocast(x.device.type, dtype=AUTOCAST[cfg.precision], enabled=cfg.precision != "fp32"):
+                if labels is None:
+                    with torch.no_grad():
+                        labels = model(x).argmax(1)
+                return class_activation_maps(model, x, labels, method=cfg.cam, backend=cfg.cam_backend)
+        finally:
+            model.train(was_training)
+
+    return cams
+
+
+class MaskState(NamedTuple):
+    key: str
+    levels: torch.Tensor
+    stats: dict[str, Any]
+
+
+def refresh_masks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                  cache: MaskCache, dataset_sha: str) -> MaskState:
+    """Masks of the whole training split for the current model: from the cache when present, else computed."""
+    settings = mask_settings(cfg)
+    key = cache_key(dataset_sha, model.state_dict(), settings, cfg.eps, cfg.eps_low)
+    if cache.exists(key):
+        return MaskState(key, cache.load(key).to(images.device), {**cache.stats(key), "reused": True})
+    levels, stats = compute_split_levels(cam_function(model, cfg), images, labels, settings,
+                                         batch_size=max(cfg.batch_size, 512))
+    cache.save(key, levels, stats)
+    cache.prune(keep={key})
+    return MaskState(key, levels, {**stats, "reused": False})
+
+
+def batch_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None,
+                 cfg: TrainConfig) -> tuple[torch.Tensor | float, dict[str, float]]:
+    """The eps of every element of x: a float for plain methods, a per-pixel map for PART."""
+    if aux is not None:
+        return eps_map(aux, cfg.eps, cfg.eps_low), {}
+    labels = y if cfg.mask_target == "label" else None
+    cams = cam_function(model, cfg)(x, labels)
+    levels, degenerate = eps_levels(cams, tuple(x.shape[-2:]), mask_settings(cfg))
+    return eps_map(levels, cfg.eps, cfg.eps_low), {
+        "important": float(levels.float().mean()), "degenerate": float(degenerate.sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# One step, one epoch
+# ---------------------------------------------------------------------------------------------
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, x: torch.Tensor,
+               y: torch.Tensor, eps: torch.Tensor | float, cfg: TrainConfig,
+               generator: torch.Generator) -> torch.Tensor:
+    """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing."""
+    autocast = AUTOCAST[cfg.precision]
+    model.eval()
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        logits_eval = model(x)
+    probs = natural_probs(logits_eval) if objective.attack_needs_natural_probs else None
+    x_adv = pgd(model, x, y, eps, cfg.alpha, cfg.steps, loss_fn=attack_loss_fn(objective, probs),
+                start=objective.start, generator=generator, autocast_dtype=autocast)
+    model.train()
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        logits_adv = model(x_adv)
+        logits_nat = model(x) if objective.needs_natural_logits else None
+        loss = objective.loss(logits_adv, logits_nat, y, objective.beta)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([loss.detach().float() * len(y), (logits_eval.argmax(1) == y).sum().float(),
+                        (logits_adv.argmax(1) == y).sum().float()])
+
+
+def train_epoch(model, loader: DeviceLoader, optimizer, objective: Objective, cfg: TrainConfig, epoch: int,
+                generator: torch.Generator, masked: bool) -> dict[str, Any]:
+    sums = torch.zeros(3, device=loader.device)
+    mask_sums = {"important": 0.0, "degenerate": 0.0}
+    seen = batches = 0
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0):
+        x, y, _, aux = batch if len(batch) == 4 else (*batch, None)
+        eps: torch.Tensor | float = cfg.eps
+        if masked:
+            eps, batch_stats = batch_budget(model, x, y, aux, cfg)
+            for k, v in batch_stats.items():
+                mask_sums[k] += v
+        sums += train_step(model, optimizer, objective, x, y, eps, cfg, generator)
+        seen += len(y)
+        batches += 1
+    if loader.device.type == "cuda":
+        torch.cuda.synchronize(loader.device)
+    seconds = time.perf_counter() - start
+    loss_sum, natural, adversarial = sums.tolist()
+    record = {"loss": loss_sum / seen, "train_natural_acc": natural / seen, "train_adv_acc": adversarial / seen,
+              "images": seen, "epoch_seconds": seconds, "images_per_second": seen / seconds}
+    if masked and cfg.mask_freq == 0:
+        record.update(important_fraction=mask_sums["important"] / max(batches, 1),
+                      degenerate_maps=int(mask_sums["degenerate"]))
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,10 +292,12 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: torch
 
 
 def evaluate(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, limit: int | None) -> dict[str, float]:
+    """Natural and PGD-k (eps, alpha 2/255, random start, CE) accuracy on the test split."""
     model.eval()
     autocast = AUTOCAST[cfg.precision]
     generator = torch.Generator(loader.device).manual_seed(cfg.seed + 1)
     natural = robust = seen = 0
+    loader.set_epoch(0)
     for x, y, _ in loader:
         if limit is not None and seen >= limit:
             break
@@ -141,26 +311,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, limit: in
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# Run folder: environment, metrics, checkpoints
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    config: TrainConfig
-    run_dir: Path
-    history: list[dict[str, Any]]
-    final_eval: dict[str, float]
-    seconds: float
-
-    def summary(self) -> str:
-        c, e = self.config, self.final_eval
-        images = sum(h["images"] for h in self.history)
-        return (
-            f"{c.dataset} {c.model} {c.method}: {c.epochs} epochs in {self.seconds:.0f}s "
-            f"({images / max(self.seconds, 1e-9):.0f} img/s); test natural {100 * e['test_natural_acc']:.2f}%, "
-            f"PGD-{c.eval_steps} {100 * e[f'test_pgd{c.eval_steps}_acc']:.2f}% (n={e['test_n']}); run folder {self.run_dir}"
-        )
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -181,54 +333,104 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "epoch": epoch}
+def keep_metrics_until(path: Path, epoch: int) -> list[dict[str, Any]]:
+    """Drop metric lines written after the checkpoint (by a run killed mid-epoch); return the rest."""
+    if not path.exists():
+        return []
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in kept if r["epoch"] <= epoch]
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return kept
+
+
+class TrainingState(NamedTuple):
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+
+
+def save_checkpoint(path: Path, state: TrainingState, epoch: int, mask_key: str | None, cfg: TrainConfig) -> None:
+    payload = {
+        "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(), "epoch": epoch, "mask_key": mask_key,
+        "attack_rng": state.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "config": cfg.to_dict(), "fastpart_version": fastpart.__version__,
+    }
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(payload, tmp)
 
 
-def train_epoch(model, loader, optimizer, cfg: TrainConfig, epoch: int, generator) -> dict[str, Any]:
-    autocast = AUTOCAST[cfg.precision]
-    sums = torch.zeros(3, device=loader.device)  # loss, natural correct, adversarial correct
-    seen = 0
-    start = time.perf_counter()
-    for x, y, _ in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0):
-        x_adv = pgd(model, x, y, cfg.eps, cfg.alpha, cfg.steps, generator=generator, autocast_dtype=autocast)
-        model.eval()
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-            natural_correct = (model(x).argmax(1) == y).sum()
-        model.train()
-        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-            logits = model(x_adv)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums += torch.stack([loss.detach() * len(y), natural_correct.float(), (logits.argmax(1) == y).sum().float()])
-        seen += len(y)
-    if loader.device.type == "cuda":
-        torch.cuda.synchronize(loader.device)
-    seconds = time.perf_counter() - start
-    loss_sum, natural, adversarial = sums.tolist()
-    return {"loss": loss_sum / seen, "train_natural_acc": natural / seen, "train_adv_acc": adversarial / seen,
-            "images": seen, "epoch_seconds": seconds, "images_per_second": seen / seconds}
+def load_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> tuple[int, str | None]:
+    """Restore ``state`` in place; returns (epochs done, mask-cache key)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint is written atomically, so this is not a half-written file
+        raise FastpartError(f"cannot load {path}: {exc}") from None
+    saved = {k: v for k, v in payload["config"].items() if k not in RESUME_MAY_CHANGE}
+    current = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    changed = sorted(k for k in current if saved.get(k) != current[k] and not (
+        isinstance(current[k], tuple) and list(current[k]) == saved.get(k)))
+    if changed:
+        raise FastpartError(f"--resume with other settings than the run in {path.parent}: {', '.join(changed)}")
+    state.model.load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    state.generator.set_state(payload["attack_rng"])
+    torch.set_rng_state(payload["torch_rng"])
+    return int(payload["epoch"]), payload["mask_key"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    run_dir: Path
+    history: list[dict[str, Any]]
+    final_eval: dict[str, float]
+    seconds: float
+
+    def summary(self) -> str:
+        c, e = self.config, self.final_eval
+        images = sum(h["images"] for h in self.history)
+        train_seconds = sum(h["epoch_seconds"] + h.get("mask_seconds", 0.0) for h in self.history)
+        return (
+            f"{c.dataset} {c.model} {c.method}: {c.epochs} epochs in {self.seconds:.0f}s "
+            f"({images / max(train_seconds, 1e-9):.0f} img/s training); test natural {100 * e['test_natural_acc']:.2f}%, "
+            f"PGD-{c.eval_steps} {100 * e[f'test_pgd{c.eval_steps}_acc']:.2f}% (n={e['test_n']}); run folder {self.run_dir}"
+        )
+
+
+def training_images(loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The un-augmented training split in sample-index order (uint8 NHWC, labels) for mask refreshes."""
+    if loader.backend == "memory":
+        order = torch.argsort(loader.indices)
+        return loader.images[order], loader.labels[order]
+    arrays = read_split(loader.path)
+    order = torch.from_numpy(arrays.indices).argsort()
+    return torch.from_numpy(arrays.images)[order], torch.from_numpy(arrays.labels)[order]
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train per ``cfg``; returns the per-epoch history and the final test-set evaluation."""
-    if cfg.method not in METHODS:
-        raise FastpartError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
     manifest = load_manifest(cfg.data_dir, cfg.dataset)
     defaults = paper_defaults(manifest)
     cfg = resolve(cfg, defaults)
+    method = METHODS[cfg.method]
+    objective = get_objective(method.objective)
     device = torch.device(cfg.device)
     run_dir = Path(cfg.out)
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.exists() and not cfg.resume:
+        raise FastpartError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", cfg.to_dict())
     write_json_atomic(run_dir / "env.json", environment(device))
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=manifest["num_classes"]).to(device)
@@ -242,32 +444,54 @@ def train(cfg: TrainConfig) -> TrainResult:
                                shuffle=cfg.eval_n is not None, drop_last=False, **loader_options)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
-    generator = torch.Generator(device).manual_seed(cfg.seed)
+    state = TrainingState(model, optimizer, scheduler, torch.Generator(device).manual_seed(cfg.seed))
 
-    history: list[dict[str, Any]] = []
+    start_epoch, mask_key = 0, None
+    if cfg.resume and checkpoint.exists():
+        start_epoch, mask_key = load_checkpoint(checkpoint, state, cfg)
+    history = keep_metrics_until(metrics_path, start_epoch)
+    schedule = refresh_epochs(cfg.epochs, cfg.burn_in, cfg.mask_freq) if method.pixel_reweighted else []
+    cache = MaskCache(run_dir / "masks")
+    dataset_sha = manifest["splits"]["train"]["sha256"]
+    split_images = None
+    if mask_key is not None and start_epoch not in schedule:
+        train_loader.set_aux(cache.load(mask_key).to(device))
+
     start = time.perf_counter()
-    final_eval: dict[str, float] = {}
-    for epoch in range(cfg.epochs):
+    final_eval: dict[str, float] = history[-1] if history and "test_n" in history[-1] else {}
+    for epoch in range(start_epoch, cfg.epochs):
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        masked = method.pixel_reweighted and epoch >= cfg.burn_in
+        if epoch in schedule:
+            if split_images is None:
+                split_images = [t.to(device) for t in training_images(train_loader)]
+            refresh_start = time.perf_counter()
+            masks = refresh_masks(model, *split_images, cfg, cache, dataset_sha)
+            mask_key = masks.key
+            train_loader.set_aux(masks.levels)
+            record.update(mask_seconds=time.perf_counter() - refresh_start, mask_reused=masks.stats["reused"],
+                          important_fraction=masks.stats["important_fraction"],
+                          degenerate_maps=masks.stats["degenerate"])
         train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        record = {"epoch": epoch + 1, "lr": lr, **train_epoch(model, train_loader, optimizer, cfg, epoch, generator)}
+        record.update(train_epoch(model, train_loader, optimizer, objective, cfg, epoch, state.generator, masked))
+        record["phase"] = "masked" if masked else ("burn-in" if method.pixel_reweighted else "plain")
         if not math.isfinite(record["loss"]):
             raise FastpartError(
                 f"loss became {record['loss']} in epoch {epoch + 1}; stopped. The last good checkpoint is "
-                f"{run_dir / 'checkpoint.pt'}; try a lower --lr"
+                f"{checkpoint} (epoch {epoch}); try a lower --lr"
             )
         scheduler.step()
-        last = epoch + 1 == cfg.epochs
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            test_loader.set_epoch(0)
+        if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             final_eval = evaluate(model, test_loader, cfg, cfg.eval_n)
             record.update(final_eval)
-        save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, scheduler, epoch + 1)
+        save_checkpoint(checkpoint, state, epoch + 1, mask_key, cfg)
         append_jsonl(metrics_path, record)
         history.append(record)
         tqdm.write(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
+            f"epoch {epoch + 1}/{cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
             f"nat {100 * record['train_natural_acc']:.1f}% adv {100 * record['train_adv_acc']:.1f}% "
             f"{record['images_per_second']:.0f} img/s"
         )
+    if not final_eval:
+        final_eval = evaluate(model, test_loader, cfg, cfg.eval_n)
     return TrainResult(cfg, run_dir, history, final_eval, time.perf_counter() - start)

@@ -17,8 +17,8 @@ STAGES = [
     ["shapes"],
     ["readers"],
     ["datasets"],
-    ["convert", "loader", "models"],
-    ["attacks"],
+    ["convert", "loader", "models", "masks"],
+    ["cam", "attacks", "objectives"],
     ["train"],
     ["cli"],
 ]
