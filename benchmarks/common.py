@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import statistics
@@ -26,7 +27,7 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    return f"{cpu} x{os.cpu_count()}"
 
 
 def slug(text: str) -> str:

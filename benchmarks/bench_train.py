@@ -1,0 +1,98 @@
+"""Training throughput of AT vs PART, and the cost of a whole-split mask refresh (native CAM vs grad-cam).
+
+    python benchmarks/bench_train.py                                  # CPU: shapes, width-8 ResNet-18
+    python benchmarks/bench_train.py --dataset cifar10 --data-dir data --model resnet18_cifar --epochs 2
+
+PART runs with no burn-in so that every measured epoch uses masks; with --mask-freq 1 a refresh
+happens before every epoch (the worst case), with larger values it is amortised. Images/s counts
+training images over the time of the epochs plus their mask refreshes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import synchronize, table, write_result  # noqa: E402
+
+from fastpart.cli import main as cli  # noqa: E402
+from fastpart.config import TrainConfig  # noqa: E402
+from fastpart.loader import read_split  # noqa: E402
+from fastpart.masks import MaskSettings, compute_split_levels  # noqa: E402
+from fastpart.models import create_model  # noqa: E402
+from fastpart.train import cam_function, train  # noqa: E402
+
+
+def throughput(cfg: TrainConfig) -> dict:
+    result = train(cfg)
+    measured = result.history[1:] or result.history  # the first epoch carries one-off compilation
+    seconds = sum(h["epoch_seconds"] + h.get("mask_seconds", 0.0) for h in measured)
+    images = sum(h["images"] for h in measured)
+    refresh = [h["mask_seconds"] for h in measured if "mask_seconds" in h]
+    return {"images_per_s": round(images / seconds, 1), "epochs_measured": len(measured),
+            "mask_refresh_s": round(sum(refresh) / len(refresh), 3) if refresh else None}
+
+
+def refresh_cost(model_name: str, images: torch.Tensor, labels: torch.Tensor, backend: str, device) -> float:
+    """Seconds per 1,000 images of a whole-split GradCAM mask refresh."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=int(labels.max()) + 1).to(device).eval()
+    cfg = TrainConfig(cam_backend=backend, precision="fp32")
+    cams = cam_function(model, cfg)
+    compute_split_levels(cams, images[:64], labels[:64], MaskSettings(), progress=False)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    compute_split_levels(cams, images, labels, MaskSettings(), batch_size=512, progress=False)
+    synchronize(device)
+    return (time.perf_counter() - start) / len(labels) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="shapes")
+    parser.add_argument("--data-dir", help="converted data (default: shapes generated into a temporary folder)")
+    parser.add_argument("--n", type=int, default=2000, help="shapes: training images to generate")
+    parser.add_argument("--model", default="resnet18_cifar_w8")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--mask-freqs", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--refresh-n", type=int, default=1000, help="images for the refresh-cost measurement")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data_dir
+        if data_dir is None:
+            data_dir = str(Path(tmp) / "data")
+            cli(["convert", "shapes", "--n-train", str(args.n), "--n-test", "100", "--out", data_dir, "--format", "npz"])
+        base = dict(dataset=args.dataset, data_dir=data_dir, model=args.model, epochs=args.epochs,
+                    batch_size=args.batch_size, eval_n=100, eval_steps=1, device=args.device, burn_in=0)
+        rows = [{"run": "at", **throughput(TrainConfig(method="at", out=str(Path(tmp) / "at"), **base))}]
+        for freq in args.mask_freqs:
+            cfg = TrainConfig(method="part", mask_freq=freq, out=str(Path(tmp) / f"part{freq}"), **base)
+            rows.append({"run": f"part mask-freq {freq}", **throughput(cfg)})
+        for row in rows:
+            row["cost_vs_at"] = round(rows[0]["images_per_s"] / row["images_per_s"], 3)
+
+        split = next(p for p in (Path(data_dir) / args.dataset).glob("train.*"))
+        arrays = read_split(split)
+        images = torch.from_numpy(arrays.images[: args.refresh_n]).to(device)
+        labels = torch.from_numpy(arrays.labels[: args.refresh_n]).to(device)
+        refresh = [{"backend": b, "seconds_per_1000": round(refresh_cost(args.model, images, labels, b, device), 3)}
+                   for b in ("native", "grad-cam")]
+    print(table(rows, ["run", "images_per_s", "cost_vs_at", "mask_refresh_s", "epochs_measured"]))
+    print(table(refresh, ["backend", "seconds_per_1000"]))
+    path = write_result("train", device, {"dataset": args.dataset, "model": args.model, "epochs": args.epochs,
+                                          "batch_size": args.batch_size, "runs": rows, "mask_refresh": refresh})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
