@@ -71,6 +71,7 @@ class TrainConfig:
     mask_freq: int = 10
     cam: str = "gradcam"
     cam_backend: str = "native"
+    cam_layer: str | None = None
     mask_mode: str = "paper"
     mask_target: str = "pred"
     tau: float = 1.0

@@ -88,6 +88,7 @@ class MaskSettings:
     interpolation: str = "bicubic"
     cam: str = "gradcam"
     target: str = "pred"
+    layer: str | None = None  # the CAM layer's module name; None: the model's default
 
     def __post_init__(self) -> None:
         if self.mode not in MASK_MODES:

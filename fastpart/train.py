@@ -99,6 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", default=d.cam, choices=CAM_METHODS, help="PART: class activation map method")
     p.add_argument("--cam-backend", default=d.cam_backend, choices=CAM_BACKENDS,
                    help="PART: native batched CAM, or the pytorch-grad-cam package")
+    p.add_argument("--cam-layer", help="PART: module name whose output the CAM explains (default: the model's "
+                   "last conv block, e.g. layer4 of ResNet-18, block3 of WRN)")
     p.add_argument("--mask-mode", default=d.mask_mode, choices=MASK_MODES,
                    help="PART: paper (per pixel, standardised map > tau) or reference (released code, per channel)")
     p.add_argument("--mask-target", default=d.mask_target, choices=TARGETS,
@@ -166,7 +168,7 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
 
 def mask_settings(cfg: TrainConfig) -> MaskSettings:
     return MaskSettings(mode=cfg.mask_mode, tau=cfg.tau, interpolation=cfg.interpolation, cam=cfg.cam,
-                        target=cfg.mask_target)
+                        target=cfg.mask_target, layer=cfg.cam_layer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +176,20 @@ def mask_settings(cfg: TrainConfig) -> MaskSettings:
 # ---------------------------------------------------------------------------------------------
 
 
+def cam_layer(model: nn.Module, name: str | None) -> nn.Module | None:
+    """The module named ``name`` (None: let the CAM find the model's last conv block)."""
+    if name is None:
+        return None
+    modules = dict(model.named_modules())
+    if name not in modules:
+        top = ", ".join(n for n, _ in model.named_children())
+        raise FastpartError(f"--cam-layer {name!r} is not a module of the model; top-level modules: {top}")
+    return modules[name]
+
+
 def cam_function(model: nn.Module, cfg: TrainConfig):
     """(x, labels or None) -> raw CAMs of the model (eval mode) for the settings' target class."""
+    layer = cam_layer(model, cfg.cam_layer)
 
     def cams(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         was_training = model.training
@@ -185,7 +199,7 @@ def cam_function(model: nn.Module, cfg: TrainConfig):
                 if labels is None:
                     with torch.no_grad():
                         labels = model(x).argmax(1)
-                return class_activation_maps(model, x, labels, method=cfg.cam, backend=cfg.cam_backend)
+                return class_activation_maps(model, x, labels, method=cfg.cam, layer=layer, backend=cfg.cam_backend)
         finally:
             model.train(was_training)
 

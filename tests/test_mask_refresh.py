@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastpart.config import TrainConfig
+from fastpart.errors import FastpartError
 from fastpart.masks import MaskCache
 from fastpart.models import create_model
 from fastpart.shapes import generate_split
@@ -61,3 +63,12 @@ def test_label_target_differs_from_prediction_target(tmp_path):
     label = refresh_masks(model, images, labels, part_cfg(mask_target="label"),
                           cache, "a")
     assert pred.key != label.key and not torch.equal(pred.levels, label.levels)
+
+
+def test_cam_layer_can_be_chosen_by_name(tmp_path):
+    model, images, labels, cache = setup(tmp_path)
+    default = refresh_masks(model, images, labels, part_cfg(), cache, "a")
+    layer3 = refresh_masks(model, images, labels, part_cfg(cam_layer="layer3"), cache, "a")
+    assert default.key != layer3.key and not torch.equal(default.levels, layer3.levels)
+    with pytest.raises(FastpartError, match="not a module of the model; top-level modules: .*layer4"):
+        refresh_masks(model, images, labels, part_cfg(cam_layer="layer9"), cache, "a")
