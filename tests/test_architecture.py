@@ -17,7 +17,7 @@ STAGES = [
     ["shapes"],
     ["readers"],
     ["datasets"],
-    ["convert", "loader", "models", "masks"],
+    ["convert", "loader", "models", "masks", "kernels"],
     ["cam", "attacks", "objectives"],
     ["train"],
     ["cli"],

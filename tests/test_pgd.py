@@ -88,5 +88,6 @@ def test_step_matches_its_definition():
     assert torch.equal(out[0], torch.clamp(torch.minimum(torch.maximum(x_adv[0], x[0] - eps[0]), x[0] + eps[0]), 0, 1))
 
 
-def test_registry_holds_pgd():
+def test_registry_holds_the_attacks():
     assert ATTACKS["pgd"] is pgd
+    assert {"pgd", "apgd", "mma", "mma_ref"} <= set(ATTACKS)
