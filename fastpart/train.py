@@ -33,6 +33,7 @@ from fastpart.cam import CAM_BACKENDS, CAM_METHODS, class_activation_maps
 from fastpart.config import TrainConfig
 from fastpart.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
+from fastpart.kernels import Eps, EpsLevels
 from fastpart.loader import Augment, DeviceLoader, read_split, split_path
 from fastpart.masks import (
     INTERPOLATIONS,
@@ -43,7 +44,6 @@ from fastpart.masks import (
     cache_key,
     compute_split_levels,
     eps_levels,
-    eps_map,
     refresh_epochs,
 )
 from fastpart.models import create_model
@@ -227,14 +227,14 @@ def refresh_masks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 
 def batch_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux: torch.Tensor | None,
-                 cfg: TrainConfig) -> tuple[torch.Tensor | float, dict[str, float]]:
-    """The eps of every element of x: a float for plain methods, a per-pixel map for PART."""
+                 cfg: TrainConfig) -> tuple[EpsLevels, dict[str, float]]:
+    """PART's per-pixel budget of a batch: the cached levels looked up by the loader, or computed now."""
     if aux is not None:
-        return eps_map(aux, cfg.eps, cfg.eps_low), {}
+        return EpsLevels(aux, cfg.eps, cfg.eps_low), {}
     labels = y if cfg.mask_target == "label" else None
     cams = cam_function(model, cfg)(x, labels)
     levels, degenerate = eps_levels(cams, tuple(x.shape[-2:]), mask_settings(cfg))
-    return eps_map(levels, cfg.eps, cfg.eps_low), {
+    return EpsLevels(levels, cfg.eps, cfg.eps_low), {
         "important": float(levels.float().mean()), "degenerate": float(degenerate.sum())}
 
 
@@ -244,7 +244,7 @@ def batch_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux: torch.
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, x: torch.Tensor,
-               y: torch.Tensor, eps: torch.Tensor | float, cfg: TrainConfig,
+               y: torch.Tensor, eps: Eps, cfg: TrainConfig,
                generator: torch.Generator) -> torch.Tensor:
     """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing."""
     autocast = AUTOCAST[cfg.precision]
@@ -274,7 +274,7 @@ def train_epoch(model, loader: DeviceLoader, optimizer, objective: Objective, cf
     start = time.perf_counter()
     for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0):
         x, y, _, aux = batch if len(batch) == 4 else (*batch, None)
-        eps: torch.Tensor | float = cfg.eps
+        eps: Eps = cfg.eps
         if masked:
             eps, batch_stats = batch_budget(model, x, y, aux, cfg)
             for k, v in batch_stats.items():

@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastpart.attacks import ATTACKS
-from fastpart.attacks.pgd import pgd, pgd_step
+from fastpart.attacks.pgd import pgd
+from fastpart.kernels.reference import pgd_step_reference as pgd_step
 from fastpart.models import create_model
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.apgd import apgd, margin_loss_targeted, widen
-from fastpart.attacks.pgd import pgd_step, random_start
+from fastpart.attacks.pgd import pgd
 
 
 def _logits(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> torch.Tensor:
@@ -94,6 +94,11 @@ def mma(
     return x_adv
 
 
+def _margin_loss_to(target: torch.Tensor):
+    """The summed margin loss toward ``target``, in the (logits, y) form that ``pgd`` takes."""
+    return lambda logits, y: margin_loss_targeted(widen(logits), y, target).sum()
+
+
 def mma_ref(
     model: nn.Module,
     x: torch.Tensor,
@@ -115,15 +120,8 @@ def mma_ref(
         best, best_margin = x.clone(), margin(logits, y)
         for i in range(min(k, ranking.shape[1])):
             target = ranking[:, i]
-            x_adv = random_start(x, eps, "uniform", generator)
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                with torch.enable_grad():
-                    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        z = model(x_adv)
-                    loss = margin_loss_targeted(widen(z), y, target).sum()
-                    (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = pgd_step(x_adv.detach(), grad, x, eps, alpha)
+            x_adv = pgd(model, x, y, eps, alpha, steps, loss_fn=_margin_loss_to(target), generator=generator,
+                        autocast_dtype=autocast_dtype)
             m = margin(_logits(model, x_adv, autocast_dtype), y)
             better = m < best_margin
             best[better], best_margin[better] = x_adv[better], m[better]

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastpart.kernels import Eps, pgd_step_, uniform_start
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -28,22 +30,16 @@ def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
-def pgd_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | float, alpha: float) -> torch.Tensor:
-    """One signed step, projection into the per-pixel box around x, and clip to [0, 1]."""
-    stepped = x_adv + alpha * grad.sign()
-    return torch.clamp(torch.min(torch.max(stepped, x - eps), x + eps), 0.0, 1.0)
-
-
 STARTS = ("uniform", "normal", "none")
 
 
 def random_start(
-    x: torch.Tensor, eps: torch.Tensor | float, start: str = "uniform", generator: torch.Generator | None = None
+    x: torch.Tensor, eps: Eps, start: str = "uniform", generator: torch.Generator | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """uniform: clip(x + U(-eps, eps), 0, 1); normal: x + 0.001 N(0, 1) (TRADES); none: x."""
+    """uniform: clip(x + U(-eps, eps), 0, 1); normal: x + 0.001 N(0, 1) (TRADES); none: x. Always a new tensor."""
     if start == "uniform":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
-        return torch.clamp(x + noise * eps, 0.0, 1.0)
+        return uniform_start(x, eps, generator, backend=backend)
     if start == "normal":
         return x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if start == "none":
@@ -55,26 +51,32 @@ def pgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: torch.Tensor | float,
+    eps: Eps,
     alpha: float,
     steps: int,
     loss_fn: LossFn = cross_entropy_sum,
     start: str = "uniform",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    kernel_backend: str = "auto",
 ) -> torch.Tensor:
-    """Return adversarial examples for (x, y); the model's train/eval mode is restored afterwards."""
+    """Return adversarial examples for (x, y); the model's train/eval mode is restored afterwards.
+
+    ``eps``: a float, a float tensor broadcastable to x, or ``EpsLevels`` (a two-level uint8 map and
+    its two values). The step runs in place through ``fastpart.kernels`` (fused Triton on CUDA).
+    """
     was_training = model.training
     model.eval()
     x = x.detach()
-    x_adv = random_start(x, eps, start, generator)
+    x_adv = random_start(x, eps, start, generator, backend=kernel_backend)
     try:
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype,
+                                                     enabled=autocast_dtype is not None):
                 loss = loss_fn(model(x_adv), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = pgd_step(x_adv.detach(), grad, x, eps, alpha)
+                (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = pgd_step_(x_adv.detach(), grad, x, eps, alpha, backend=kernel_backend)
     finally:
         model.train(was_training)
     return x_adv.detach()
