@@ -95,17 +95,22 @@ def _block_indices(BLOCK: tl.constexpr, INT64: tl.constexpr):
 
 
 @triton.jit
+def _coords(i, size1, size2, size3):
+    """Row-major (i0, i1, i2, i3) of flat element indices ``i`` in a tensor of sizes (*, size1, size2, size3)."""
+    i3 = i % size3
+    rest = i // size3
+    i2 = rest % size2
+    rest = rest // size2
+    return rest // size1, rest % size1, i2, i3
+
+
+@triton.jit
 def _step_strided(out_ptr, xa_ptr, g_ptr, x_ptr, e_ptr, n, alpha, eps_hi, eps_lo, size1, size2, size3,
                   so0, so1, so2, so3, sa0, sa1, sa2, sa3, sg0, sg1, sg2, sg3, sx0, sx1, sx2, sx3,
                   se0, se1, se2, se3, EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     i = _block_indices(BLOCK, INT64)
     mask = i < n
-    i3 = i % size3
-    rest = i // size3
-    i2 = rest % size2
-    rest = rest // size2
-    i1 = rest % size1
-    i0 = rest // size1
+    i0, i1, i2, i3 = _coords(i, size1, size2, size3)
     xa = _load(xa_ptr, i0 * sa0 + i1 * sa1 + i2 * sa2 + i3 * sa3, mask)
     g = _load(g_ptr, i0 * sg0 + i1 * sg1 + i2 * sg2 + i3 * sg3, mask)
     x = _load(x_ptr, i0 * sx0 + i1 * sx1 + i2 * sx2 + i3 * sx3, mask)
@@ -159,12 +164,7 @@ def _start_strided(out_ptr, u_ptr, x_ptr, e_ptr, n, eps_hi, eps_lo, size1, size2
                    EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     i = _block_indices(BLOCK, INT64)
     mask = i < n
-    i3 = i % size3
-    rest = i // size3
-    i2 = rest % size2
-    rest = rest // size2
-    i1 = rest % size1
-    i0 = rest // size1
+    i0, i1, i2, i3 = _coords(i, size1, size2, size3)
     u = _load(u_ptr, i0 * su0 + i1 * su1 + i2 * su2 + i3 * su3, mask)
     x = _load(x_ptr, i0 * sx0 + i1 * sx1 + i2 * sx2 + i3 * sx3, mask)
     eps = _load_eps(e_ptr, i0 * se0 + i1 * se1 + i2 * se2 + i3 * se3, mask, eps_hi, eps_lo, EPS)
