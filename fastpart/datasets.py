@@ -160,7 +160,7 @@ DATASETS: dict[str, DatasetInfo] = {
             sources=(),
             read=read_shapes,
             defaults=TrainDefaults(  # a CPU-sized demo, not a paper setting
-                model="resnet18_cifar_w8", epochs=8, batch_size=64, lr=0.02, weight_decay=2e-4, alpha=2 / 255,
+                model="resnet18_cifar_w8", epochs=10, batch_size=32, lr=0.02, weight_decay=2e-4, alpha=2 / 255,
                 augment=True,
             ),
             generated=True,

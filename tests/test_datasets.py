@@ -101,7 +101,7 @@ def test_registry_paper_defaults():
     assert (tiny.model, tiny.epochs, tiny.batch_size, tiny.lr, tiny.weight_decay) == ("wrn34_10", 80, 512, 0.02, 5e-4)
     assert tiny.alpha == pytest.approx(2 / 255) and tiny.augment and tiny.crop_padding == 4
     shapes = get_dataset("shapes").defaults  # a CPU-sized demo
-    assert (shapes.model, shapes.epochs, shapes.batch_size, shapes.lr) == ("resnet18_cifar_w8", 8, 64, 0.02)
+    assert (shapes.model, shapes.epochs, shapes.batch_size, shapes.lr) == ("resnet18_cifar_w8", 10, 32, 0.02)
     assert get_dataset("imagefolder").defaults is None and get_dataset("cifar10c").defaults is None
     assert (get_dataset("tinyimagenet").num_classes, get_dataset("tinyimagenet").image_size) == (200, 64)
     assert (get_dataset("imagefolder").num_classes, get_dataset("imagefolder").image_size) == (None, None)
