@@ -196,9 +196,7 @@ def cam_function(model: nn.Module, cfg: TrainConfig):
         model.eval()
         try:
             with torch.autocast(x.device.type, dtype=AUTOCAST[cfg.precision], enabled=cfg.precision != "fp32"):
-                if labels is None:
-                    with torch.no_grad():
-                        labels = model(x).argmax(1)
+                # labels None: the CAM explains the prediction of the same forward pass
                 return class_activation_maps(model, x, labels, method=cfg.cam, layer=layer, backend=cfg.cam_backend)
         finally:
             model.train(was_training)
