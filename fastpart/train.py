@@ -496,8 +496,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             final_eval = evaluate(model, test_loader, cfg, cfg.eval_n)
             record.update(final_eval)
+        append_jsonl(metrics_path, record)  # before the checkpoint: a kill between them re-runs this epoch
         save_checkpoint(checkpoint, state, epoch + 1, mask_key, cfg)
-        append_jsonl(metrics_path, record)
         history.append(record)
         tqdm.write(
             f"epoch {epoch + 1}/{cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
