@@ -16,7 +16,8 @@ Parameter names follow the reference code, so its checkpoints load with ``load_s
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 import timm
 import torch
@@ -241,6 +242,18 @@ def wrn16_2(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 
 MODELS: tuple[str, ...] = tuple(_names)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with the model in eval mode, then give every submodule back its own train/eval flag."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:

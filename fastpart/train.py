@@ -46,7 +46,7 @@ from fastpart.masks import (
     eps_levels,
     refresh_epochs,
 )
-from fastpart.models import create_model
+from fastpart.models import create_model, eval_mode
 from fastpart.objectives import Objective, attack_loss_fn, get_objective, natural_probs
 
 
@@ -192,14 +192,10 @@ def cam_function(model: nn.Module, cfg: TrainConfig):
     layer = cam_layer(model, cfg.cam_layer)
 
     def cams(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             with torch.autocast(x.device.type, dtype=AUTOCAST[cfg.precision], enabled=cfg.precision != "fp32"):
                 # labels None: the CAM explains the prediction of the same forward pass
                 return class_activation_maps(model, x, labels, method=cfg.cam, layer=layer, backend=cfg.cam_backend)
-        finally:
-            model.train(was_training)
 
     return cams
 

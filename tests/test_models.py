@@ -147,3 +147,18 @@ def test_gradcam_and_input_gradient(name: str) -> None:
     x = X.clone().requires_grad_(True)
     model(x).logsumexp(1).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_eval_mode_restores_every_submodule_flag():
+    from fastpart.models import eval_mode
+
+    model = create_model("resnet18_cifar_w8", num_classes=10).train()
+    model.layer1.eval()  # a mixed state, e.g. frozen batch norm in one stage
+    before = {name: m.training for name, m in model.named_modules()}
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == before
+    with pytest.raises(RuntimeError):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert {name: m.training for name, m in model.named_modules()} == before

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastpart.models import eval_mode
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RULES = ("reference", "paper")
 
@@ -113,15 +115,13 @@ def apgd(
     """Return (x_adv, best loss per sample); x_init (projected into the box) replaces the random start."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
-    was_training = model.training
-    model.eval()
     x = x.detach()
     n, view = x.shape[0], (-1,) + (1,) * (x.dim() - 1)
 
     def project(v):
         return torch.clamp(torch.min(torch.max(v, x - eps), x + eps), 0.0, 1.0)
 
-    try:
+    with eval_mode(model):
         if x_init is None:
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
             u = u / (u.abs().reshape(n, -1).max(1)[0].view(view) + 1e-12)
@@ -162,7 +162,5 @@ def apgd(
                 h = halve.view(view)
                 step = torch.where(h, step / 2.0, step)
                 x_adv, grad = torch.where(h, x_best, x_adv), torch.where(h, grad_best, grad)
-    finally:
-        model.train(was_training)
     x_out = torch.where(acc.view(view), x_best, x_best_adv)
     return x_out.detach(), loss_best

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from fastpart.attacks.apgd import apgd, margin_loss_targeted, widen
 from fastpart.attacks.pgd import pgd
+from fastpart.models import eval_mode
 
 
 def _logits(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> torch.Tensor:
@@ -69,9 +70,7 @@ def mma(
     rule: str = "reference",
 ) -> torch.Tensor:
     """Sequential targeted APGD with the minimum-margin loss toward the top-k wrong classes."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = x.detach()
         logits = _logits(model, x, autocast_dtype)
         robust = logits.argmax(1) == y
@@ -89,8 +88,6 @@ def mma(
             )
             x_adv[idx] = adv
             robust[idx] = _logits(model, adv, autocast_dtype).argmax(1) == y_i
-    finally:
-        model.train(was_training)
     return x_adv
 
 
@@ -111,9 +108,7 @@ def mma_ref(
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The released sign-PGD variant: k targeted margin-loss PGD runs; keep each point's most damaging."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = x.detach()
         logits = _logits(model, x, autocast_dtype)
         ranking = wrong_class_ranking(logits, y)
@@ -125,8 +120,6 @@ def mma_ref(
             m = margin(_logits(model, x_adv, autocast_dtype), y)
             better = m < best_margin
             best[better], best_margin[better] = x_adv[better], m[better]
-    finally:
-        model.train(was_training)
     return best
 
 
@@ -139,14 +132,10 @@ def robust_accuracy(
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
     """Fraction of points whose attack_fn(model, xb, yb) output is still classified correctly."""
-    was_training = model.training
     correct = 0
-    try:
+    with eval_mode(model):
         for s in range(0, len(x), batch_size):
             xb, yb = x[s : s + batch_size], y[s : s + batch_size]
             x_adv = attack_fn(model, xb, yb)
-            model.eval()
             correct += int((_logits(model, x_adv, autocast_dtype).argmax(1) == yb).sum())
-    finally:
-        model.train(was_training)
     return correct / max(len(x), 1)

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastpart.kernels import Eps, pgd_step_, uniform_start
+from fastpart.models import eval_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,11 +66,9 @@ def pgd(
     ``eps``: a float, a float tensor broadcastable to x, or ``EpsLevels`` (a two-level uint8 map and
     its two values). The step runs in place through ``fastpart.kernels`` (fused Triton on CUDA).
     """
-    was_training = model.training
-    model.eval()
     x = x.detach()
     x_adv = random_start(x, eps, start, generator, backend=kernel_backend)
-    try:
+    with eval_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype,
@@ -77,6 +76,4 @@ def pgd(
                 loss = loss_fn(model(x_adv), y)
                 (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = pgd_step_(x_adv.detach(), grad, x, eps, alpha, backend=kernel_backend)
-    finally:
-        model.train(was_training)
     return x_adv.detach()
