@@ -11,6 +11,7 @@ the proof that a conversion finished, which makes conversion idempotent and cras
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 import urllib.request
@@ -258,8 +259,7 @@ def validate(data: ReadResult) -> None:
 
 
 def load_manifest(out_dir: Path) -> dict[str, Any] | None:
-    import json
-
+    """The manifest of a converted dataset folder; None where there is none or it is unreadable."""
     try:
         return json.loads((out_dir / MANIFEST).read_text())
     except (OSError, ValueError):

@@ -31,6 +31,7 @@ from fastpart.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from fastpart.attacks.pgd import pgd
 from fastpart.cam import CAM_BACKENDS, CAM_METHODS, class_activation_maps
 from fastpart.config import TrainConfig
+from fastpart.convert import load_manifest
 from fastpart.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
 from fastpart.kernels import Eps, EpsLevels
@@ -125,12 +126,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-def load_manifest(data_dir: str, dataset: str) -> dict[str, Any]:
-    path = Path(data_dir) / dataset / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except OSError:
-        raise FastpartError(f"no manifest at {path}: run `fastpart convert {dataset} --out {data_dir}` first") from None
+def dataset_manifest(data_dir: str, dataset: str) -> dict[str, Any]:
+    manifest = load_manifest(Path(data_dir) / dataset)
+    if manifest is None:
+        raise FastpartError(f"no readable manifest in {Path(data_dir) / dataset}: "
+                            f"run `fastpart convert {dataset} --out {data_dir}` first")
+    return manifest
 
 
 def paper_defaults(manifest: dict[str, Any]) -> TrainDefaults:
@@ -425,7 +426,7 @@ def training_images(loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train per ``cfg``; returns the per-epoch history and the final test-set evaluation."""
-    manifest = load_manifest(cfg.data_dir, cfg.dataset)
+    manifest = dataset_manifest(cfg.data_dir, cfg.dataset)
     defaults = paper_defaults(manifest)
     cfg = resolve(cfg, defaults)
     method = METHODS[cfg.method]

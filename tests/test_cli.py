@@ -71,3 +71,11 @@ def test_train_without_converted_data_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--dataset", "shapes", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fastpart convert shapes" in err
+
+
+def test_train_with_a_corrupt_manifest_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "manifest.json").write_text("{ truncated")
+    assert main(["train", "--dataset", "shapes", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no readable manifest" in err and "fastpart convert shapes" in err
