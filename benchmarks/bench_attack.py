@@ -7,18 +7,25 @@ Each row times whole attacks (eval-mode model, input gradients only, channels_la
 budget as uint8 levels) with one warm-up attack and the median of --repeats; the step share is the
 time of the attack's 10 steps alone (the same step calls, timed apart) over the attack's time.
 Without CUDA the triton backend runs in Triton's interpreter and is skipped unless asked for.
+
+``--compiled-model`` adds rows where the model itself is ``torch.compile``d (forward and input-gradient
+backward; parameters frozen for the attack so the compiled backward skips their gradients) with the
+triton step, at the largest batch only: the compile time is reported apart and left out of the figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import median, table, timed, write_result  # noqa: E402
 
 from fastpart.attacks.pgd import pgd  # noqa: E402
@@ -26,6 +33,18 @@ from fastpart.kernels import EpsLevels, pgd_step_  # noqa: E402
 from fastpart.models import create_model  # noqa: E402
 
 EPS, EPS_LOW, ALPHA, STEPS = 8 / 255, 7 / 255, 2 / 255, 10
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def main() -> None:
@@ -36,7 +55,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--backends", nargs="+")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compiled-model", action="store_true", help="also time a torch.compile'd model")
+    parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
     args = parser.parse_args()
+    common.RESULTS = args.results
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     model_name = args.model or ("resnet18_cifar_w8" if args.small else "resnet18_cifar")
@@ -75,11 +97,29 @@ def main() -> None:
                          "step_share": round(step_s / attack_s, 4),
                          "images_per_s": round(batch / attack_s)})
             print(f"batch {batch} {backend}: {rows[-1]['ms_per_attack']} ms", flush=True)
+        if args.compiled_model and batch == max(batches):
+            compiled = torch.compile(model)
+            backend = "triton" if on_gpu else "reference"
+
+            def attack():
+                with frozen(model):
+                    return pgd(compiled, x, y, eps, ALPHA, STEPS, autocast_dtype=autocast, kernel_backend=backend)
+
+            start = time.perf_counter()
+            attack()
+            compile_s = time.perf_counter() - start
+            attack_s = median(timed(attack, device, warmup=1, repeats=args.repeats))
+            rows.append({"model": model_name + " (compiled)", "batch": batch, "backend": backend,
+                         "ms_per_attack": round(1000 * attack_s, 2), "images_per_s": round(batch / attack_s),
+                         "compile_s": round(compile_s, 1)})
+            print(f"batch {batch} compiled model + {backend}: {rows[-1]['ms_per_attack']} ms "
+                  f"(compile {compile_s:.0f} s)", flush=True)
     for row in rows:
-        ref = next(r for r in rows if r["batch"] == row["batch"] and r["backend"] == rows[0]["backend"])
+        ref = next(r for r in rows if r["batch"] == row["batch"] and r["backend"] == rows[0]["backend"]
+                   and r["model"] == model_name)
         row["speedup_vs_" + rows[0]["backend"]] = round(ref["ms_per_attack"] / row["ms_per_attack"], 3)
     columns = ["model", "batch", "backend", "ms_per_attack", "ms_in_steps", "step_share", "images_per_s",
-               "speedup_vs_" + rows[0]["backend"]]
+               "speedup_vs_" + rows[0]["backend"], "compile_s"]
     print(table(rows, columns))
     path = write_result("attack", device, {"steps": STEPS, "autocast": str(autocast), "rows": rows})
     print(f"wrote {path}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import synchronize, table, write_result  # noqa: E402
 
 from fastpart.cli import main as cli  # noqa: E402
@@ -64,7 +65,9 @@ def main() -> None:
     parser.add_argument("--mask-freqs", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--refresh-n", type=int, default=1000, help="images for the refresh-cost measurement")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
     args = parser.parse_args()
+    common.RESULTS = args.results
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:

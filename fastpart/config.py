@@ -67,6 +67,7 @@ class TrainConfig:
     eps_low: float = 7 / 255
     alpha: float | None = None
     steps: int = 10
+    ae: str = "pgd"
     burn_in: int = 20
     mask_freq: int = 10
     cam: str = "gradcam"
@@ -84,6 +85,7 @@ class TrainConfig:
     precision: str = "auto"
     loader: str = "auto"
     workers: int = 0
+    compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -256,6 +256,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with every parameter's requires_grad off (input gradients only), then restore the flags.
+
+    Eager autograd skips parameter gradients anyway when asked for the input's alone; a torch.compile'd
+    backward does not, unless the parameters are frozen like this.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, num_classes=num_classes, **kwargs)`` for fastpart's or any timm name."""
     if not timm.is_model(name):

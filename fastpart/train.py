@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 import fastpart
 from fastpart.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from fastpart.attacks.mma import mma
 from fastpart.attacks.pgd import pgd
 from fastpart.cam import CAM_BACKENDS, CAM_METHODS, class_activation_maps
 from fastpart.config import TrainConfig
 from fastpart.convert import load_manifest
 from fastpart.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
-from fastpart.kernels import Eps, EpsLevels
+from fastpart.kernels import Eps, EpsLevels, eps_from_levels
 from fastpart.loader import Augment, DeviceLoader, read_split, split_path
 from fastpart.masks import (
     INTERPOLATIONS,
@@ -67,7 +68,8 @@ METHODS: dict[str, Method] = {
 FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT = "checkpoint.pt"
-RESUME_MAY_CHANGE = {"resume", "eval_every", "workers"}
+RESUME_MAY_CHANGE = {"resume", "eval_every", "workers", "compile"}
+TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=d.eps, help="L-inf budget of important pixels, [0, 1] units")
     p.add_argument("--eps-low", type=float, default=d.eps_low, help="PART: budget of the other pixels")
     p.add_argument("--alpha", type=float, help="PGD step size (default: the dataset's paper setting)")
-    p.add_argument("--steps", type=int, default=d.steps, help="PGD steps during training")
+    p.add_argument("--steps", type=int, default=d.steps, help="attack steps during training (PGD steps; MMA: "
+                   "APGD iterations per target)")
+    p.add_argument("--ae", default=d.ae, choices=TRAINING_ATTACKS,
+                   help="training adversarial examples: pgd (the objective's loss), or mma (minimum-margin attack, "
+                   "top-3 targets; PART's App. H.4), both under the (mask-weighted) budget")
     p.add_argument("--burn-in", type=int, default=d.burn_in, help="PART: epochs of the plain base method first")
     p.add_argument("--mask-freq", type=int, default=d.mask_freq,
                    help="PART: recompute masks every N epochs after the burn-in (0: per batch, no cache)")
@@ -117,6 +123,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="autocast precision of the model (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--loader", default=d.loader, choices=["auto", "memory", "ffcv"], help="loader backend")
     p.add_argument("--workers", type=int, default=d.workers, help="ffcv decoding threads (0: all cores)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for the attack and the update (first epoch pays the compile)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -156,6 +164,8 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
         device=device,
         precision=precision,
     )
+    if resolved.ae not in TRAINING_ATTACKS:
+        raise FastpartError(f"unknown --ae {resolved.ae!r}; choose from {', '.join(TRAINING_ATTACKS)}")
     if resolved.method not in METHODS:
         raise FastpartError(f"unknown method {resolved.method!r}; choose from {', '.join(METHODS)}")
     if resolved.epochs < 1 or resolved.batch_size < 1 or resolved.steps < 0:
@@ -246,9 +256,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
     model.eval()
     with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         logits_eval = model(x)
-    probs = natural_probs(logits_eval) if objective.attack_needs_natural_probs else None
-    x_adv = pgd(model, x, y, eps, cfg.alpha, cfg.steps, loss_fn=attack_loss_fn(objective, probs),
-                start=objective.start, generator=generator, autocast_dtype=autocast)
+    if cfg.ae == "mma":
+        budget = eps_from_levels(eps.levels, eps.high, eps.low, x.dtype) if isinstance(eps, EpsLevels) else eps
+        x_adv = mma(model, x, y, budget, k=3, n_iter=cfg.steps, generator=generator, autocast_dtype=autocast)
+    else:
+        probs = natural_probs(logits_eval) if objective.attack_needs_natural_probs else None
+        x_adv = pgd(model, x, y, eps, cfg.alpha, cfg.steps, loss_fn=attack_loss_fn(objective, probs),
+                    start=objective.start, generator=generator, autocast_dtype=autocast)
     model.train()
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         logits_adv = model(x_adv)
@@ -262,7 +276,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
 
 
 def train_epoch(model, loader: DeviceLoader, optimizer, objective: Objective, cfg: TrainConfig, epoch: int,
-                generator: torch.Generator, masked: bool) -> dict[str, Any]:
+                generator: torch.Generator, masked: bool, net: nn.Module | None = None) -> dict[str, Any]:
+    """One epoch; ``net`` (default: the model) runs the attack and the update, e.g. a torch.compile'd model."""
     sums = torch.zeros(3, device=loader.device)
     mask_sums = {"important": 0.0, "degenerate": 0.0}
     seen = batches = 0
@@ -274,7 +289,7 @@ def train_epoch(model, loader: DeviceLoader, optimizer, objective: Objective, cf
             eps, batch_stats = batch_budget(model, x, y, aux, cfg)
             for k, v in batch_stats.items():
                 mask_sums[k] += v
-        sums += train_step(model, optimizer, objective, x, y, eps, cfg, generator)
+        sums += train_step(model if net is None else net, optimizer, objective, x, y, eps, cfg, generator)
         seen += len(y)
         batches += 1
     if loader.device.type == "cuda":
@@ -390,6 +405,54 @@ def load_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> tuple
     return int(payload["epoch"]), payload["mask_key"]
 
 
+@dataclass
+class LoadedRun:
+    """A trained model restored from a run folder or checkpoint file, in eval mode."""
+
+    model: nn.Module
+    config: TrainConfig
+    checkpoint: Path
+    run_dir: Path
+    epoch: int
+    manifest: dict[str, Any]
+
+
+def checkpoint_path(run_or_checkpoint: str | Path) -> Path:
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FastpartError(f"no checkpoint at {path}: give a run folder written by `fastpart train` or its {CHECKPOINT}")
+    return path
+
+
+def load_run(run_or_checkpoint: str | Path, device: str | torch.device = "cpu", data_dir: str | None = None) -> LoadedRun:
+    """Restore the model of a run (folder or checkpoint file) on ``device``; ``data_dir`` overrides the run's."""
+    path = checkpoint_path(run_or_checkpoint)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        fields = {k: v for k, v in payload["config"].items() if k in TrainConfig.__dataclass_fields__}
+    except Exception as exc:
+        raise FastpartError(f"cannot load {path}: {exc}") from None
+    if fields.get("milestones") is not None:
+        fields["milestones"] = tuple(fields["milestones"])
+    cfg = TrainConfig(**fields)
+    if data_dir is not None:
+        cfg = replace(cfg, data_dir=data_dir)
+    manifest = dataset_manifest(cfg.data_dir, cfg.dataset)
+    device = torch.device(device)
+    model = create_model(cfg.model, num_classes=manifest["num_classes"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise FastpartError(f"{path} does not fit model {cfg.model} with {manifest['num_classes']} classes: "
+                            f"{str(exc).splitlines()[0]}") from None
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedRun(model, cfg, path, path.parent, int(payload["epoch"]), manifest)
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +514,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                 shuffle=True, augment=augment, **loader_options)
     test_loader = DeviceLoader(split_path(cfg.data_dir, cfg.dataset, "test"), batch_size=max(cfg.batch_size, 256),
                                shuffle=cfg.eval_n is not None, drop_last=False, **loader_options)
+    net = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
     state = TrainingState(model, optimizer, scheduler, torch.Generator(device).manual_seed(cfg.seed))
@@ -482,7 +546,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                           important_fraction=masks.stats["important_fraction"],
                           degenerate_maps=masks.stats["degenerate"])
         train_loader.set_epoch(epoch)
-        record.update(train_epoch(model, train_loader, optimizer, objective, cfg, epoch, state.generator, masked))
+        record.update(train_epoch(model, train_loader, optimizer, objective, cfg, epoch, state.generator, masked, net))
         record["phase"] = "masked" if masked else ("burn-in" if method.pixel_reweighted else "plain")
         if not math.isfinite(record["loss"]):
             raise FastpartError(

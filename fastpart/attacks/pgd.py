@@ -7,7 +7,7 @@ Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float or a tensor broadcastable 
     x_{t+1} = clip(min(max(x_t + alpha * sign(grad_x loss(f(x_t), y)), x - eps), x + eps), 0, 1)
 
 With eps a float (or the same value everywhere) this is standard PGD. The model runs in eval mode
-(batch-norm statistics frozen) and only the input gradient is computed; parameters get no .grad.
+(batch-norm statistics frozen) and only the input gradient is computed: parameters are frozen for the attack.
 
 Example:
     x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastpart.kernels import Eps, pgd_step_, uniform_start
-from fastpart.models import eval_mode
+from fastpart.models import eval_mode, frozen_parameters
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -68,7 +68,7 @@ def pgd(
     """
     x = x.detach()
     x_adv = random_start(x, eps, start, generator, backend=kernel_backend)
-    with eval_mode(model):
+    with eval_mode(model), frozen_parameters(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype,
