@@ -60,20 +60,28 @@ def pgd(
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     kernel_backend: str = "auto",
+    stop_on_success: bool = False,
 ) -> torch.Tensor:
     """Return adversarial examples for (x, y); the model's train/eval mode is restored afterwards.
 
     ``eps``: a float, a float tensor broadcastable to x, or ``EpsLevels`` (a two-level uint8 map and
     its two values). The step runs in place through ``fastpart.kernels`` (fused Triton on CUDA).
+    ``stop_on_success``: a point stays where an iterate was first misclassified (its gradient is zeroed,
+    and sign(0) = 0), so with the same seed more steps never leave a point robust that fewer broke.
     """
     x = x.detach()
     x_adv = random_start(x, eps, start, generator, backend=kernel_backend)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     with eval_mode(model), frozen_parameters(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype,
                                                      enabled=autocast_dtype is not None):
-                loss = loss_fn(model(x_adv), y)
+                logits = model(x_adv)
+                loss = loss_fn(logits, y)
                 (grad,) = torch.autograd.grad(loss, x_adv)
+            if stop_on_success:
+                fooled |= logits.detach().argmax(1) != y
+                grad = grad.masked_fill(fooled.view(-1, *[1] * (grad.dim() - 1)), 0)
             x_adv = pgd_step_(x_adv.detach(), grad, x, eps, alpha, backend=kernel_backend)
     return x_adv.detach()
