@@ -38,6 +38,11 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, help="generated datasets: training images (shapes: 5000)")
     p.add_argument("--n-test", type=int, help="generated datasets: test images (shapes: 1000)")
     p.add_argument("--seed", type=int, help="generated datasets: seed (shapes: 0)")
+    p.add_argument("--generate-from", metavar="DATASET",
+                   help="cifar10c: generate the 19 corruptions x 5 severities from the test split of the "
+                   "converted DATASET (cifar10) instead of reading the official files; --n-test takes "
+                   "its first N images")
+    p.add_argument("--data-dir", help="with --generate-from: root holding <DATASET>/ (default: --out)")
     p.set_defaults(run=run_convert)
 
 
@@ -72,7 +77,31 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_train]
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="markdown report with figures of one run, or a comparison of several",
+        description="Write <run>/report/report.md with PNG figures: the accuracy table of eval.json, the training "
+        "summary and curves of metrics.jsonl, and a Figure-2 panel (image, CAM, mask, perturbation). With several "
+        "runs, a comparison in <first run>/report-vs-<second run name>/. Prints the path of report.md.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder written by `fastpart train`")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: <run>/report, or <run>/report-vs-<other> for several runs)")
+    p.add_argument("--images", type=int, default=4, metavar="N",
+                   help="test images in the Figure-2 panel, 0 for none (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto, for the panel (default: %(default)s)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the converted dataset lives (default: the run's --data-dir)")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from fastpart.report import write_report
+
+    print(write_report(args.runs, out=args.out, n_images=args.images, device=args.device, data_dir=args.data_dir))
+    return 0
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_train, add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

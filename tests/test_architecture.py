@@ -14,12 +14,14 @@ STAGES = [
     ["errors"],
     ["config", "atomic"],
     ["arrays"],
-    ["shapes"],
+    ["shapes", "corruptions"],
     ["readers"],
     ["datasets"],
-    ["convert", "loader", "models", "masks", "kernels"],
+    ["convert", "loader", "models", "masks", "kernels", "distributed"],
     ["cam", "attacks", "objectives"],
     ["train"],
+    ["evaluate"],
+    ["report"],
     ["cli"],
 ]
 RANK = {name: rank for rank, names in enumerate(STAGES) for name in names}
