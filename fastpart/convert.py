@@ -6,12 +6,16 @@ Layout written: ``<out>/<name>/<split>.beton`` (fields ``image`` raw uint8 RGB =
 Reading and validation happen before anything is written, so bad input leaves no output. Every file
 is written atomically and the manifest last: a manifest whose checksums match the files on disk is
 the proof that a conversion finished, which makes conversion idempotent and crash-safe.
+
+``cifar10c`` can also be generated (``--generate-from cifar10``) from a converted CIFAR-10 test
+split by ``fastpart.corruptions``; its manifest then says ``"generated": true, "official": false``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import urllib.request
@@ -25,6 +29,7 @@ from tqdm import tqdm
 import fastpart
 from fastpart.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from fastpart.config import ConvertConfig
+from fastpart.corruptions import CORRUPTIONS, generate_cifar10c
 from fastpart.datasets import DatasetInfo, ReadResult, SourceFile, SplitData, file_checksum, get_dataset
 from fastpart.errors import DatasetError, FastpartError
 
@@ -282,6 +287,151 @@ def is_current(manifest: dict[str, Any] | None, out_dir: Path, source: Path | No
 
 
 # ---------------------------------------------------------------------------------------------
+# Generated from another conversion (cifar10c from cifar10's test split)
+# ---------------------------------------------------------------------------------------------
+
+# dataset -> (the dataset its data is generated from, the split used)
+GENERATED_FROM = {"cifar10c": ("cifar10", "test")}
+
+
+def read_converted_split(path: Path) -> SplitData:
+    """Images and labels of a split that ``convert`` wrote (.npz or .beton), in file order."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path) as npz:
+                return SplitData(images=npz["images"], labels=npz["labels"].astype(np.int64))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"cannot read {path}: {exc}") from None
+    try:
+        from ffcv.loader import Loader, OrderOption
+    except ImportError:
+        raise FastpartError(f"reading {path} needs ffcv (pip install 'fastpart[ffcv]'); or convert with --format npz") from None
+    loader = Loader(str(path), batch_size=1024, num_workers=os.cpu_count() or 1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, os_cache=True)
+    names = list(loader.reader.handlers)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in loader:
+        for name, values in zip(names, batch):
+            parts[name].append(values.numpy().copy())  # ffcv reuses its batch buffers
+    labels = np.concatenate(parts["label"]).reshape(-1).astype(np.int64)
+    return SplitData(images=np.concatenate(parts["image"]), labels=labels)
+
+
+@dataclass(frozen=True)
+class GenerationSource:
+    """The converted split a dataset is generated from."""
+
+    path: Path
+    manifest: dict[str, Any]  # the manifest of the conversion that holds it
+    identity: dict[str, Any]  # what the generated data depends on, recorded as "generated_from"
+
+
+def generation_source(info: DatasetInfo, cfg: ConvertConfig) -> GenerationSource:
+    """Find and check the converted split that ``--generate-from`` names; nothing is read yet."""
+    if info.name not in GENERATED_FROM:
+        raise FastpartError(f"--generate-from applies to {', '.join(GENERATED_FROM)}, not {info.name}")
+    for flag, value in (("--source", cfg.source), ("--download", cfg.download), ("--mirror", cfg.mirror),
+                        ("--checksum", cfg.checksum), ("--n-train", cfg.n_train)):
+        if value:
+            raise FastpartError(f"{flag} does not go with --generate-from")
+    if cfg.seed is not None and cfg.seed < 0:
+        raise FastpartError(f"--seed must be 0 or more, got {cfg.seed}")
+    if cfg.n_test is not None and cfg.n_test < 1:
+        raise FastpartError(f"--n-test must be 1 or more, got {cfg.n_test}")
+    expected, split = GENERATED_FROM[info.name]
+    data_dir = Path(cfg.data_dir if cfg.data_dir is not None else cfg.out)
+    folder = data_dir / cfg.generate_from
+    redo = f"`fastpart convert {expected} --out {data_dir} --force`"
+    manifest = load_manifest(folder)
+    if manifest is None:
+        raise DatasetError(
+            f"{cfg.generate_from} is not converted in {data_dir} (no {folder / MANIFEST}): "
+            f"run `fastpart convert {expected} --out {data_dir}` first, or pass --data-dir"
+        )
+    if manifest.get("dataset") != expected:
+        raise DatasetError(f"{info.name} is generated from {expected}; {folder} holds {manifest.get('dataset')!r}")
+    entry = manifest.get("splits", {}).get(split)
+    if entry is None:
+        raise DatasetError(f"{folder / MANIFEST} lists no {split!r} split; reconvert with {redo}")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; reconvert with {redo}")
+    sha256 = file_checksum(path, "sha256")
+    if sha256 != entry.get("sha256"):
+        raise DatasetError(f"{path} does not match its manifest (changed or damaged); reconvert with {redo}")
+    count = int(entry["count"])
+    if cfg.n_test is not None and cfg.n_test > count:
+        raise FastpartError(f"--n-test {cfg.n_test} is more than the {count} images of {path}")
+    identity = {
+        "dataset": expected,
+        "name": cfg.generate_from,
+        "split": split,
+        "file": entry["file"],
+        "sha256": sha256,
+        "count": count if cfg.n_test is None else cfg.n_test,  # the first `count` images
+    }
+    return GenerationSource(path, manifest, identity)
+
+
+def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConfig) -> ConvertResult:
+    """cifar10c made by ``fastpart.corruptions`` from a converted cifar10 test split; one file per corruption.
+
+    Each corruption is generated and written in turn (memory holds one split at a time); the manifest,
+    written last, marks the data as generated: ``generated``, ``generated_from`` (source split and its
+    sha256), ``seed``, ``approximated`` (corruptions that depart from the published definition) and
+    ``official: false``.
+    """
+    source = generation_source(info, cfg)
+    seed = 0 if cfg.seed is None else cfg.seed
+    if not cfg.force:
+        manifest = load_manifest(out_dir)
+        if (
+            is_current(manifest, out_dir, None, cfg)
+            and manifest.get("generated_from") == source.identity
+            and manifest.get("seed") == seed
+        ):
+            return ConvertResult(out_dir, manifest, reused=True)
+
+    clean = read_converted_split(source.path)
+    count = source.identity["count"]
+    images, labels = np.ascontiguousarray(clean.images[:count]), clean.labels[:count]
+    class_names = list(source.manifest["class_names"])
+    validate(ReadResult(splits={"source": SplitData(images, labels)}, class_names=class_names))
+
+    created_dir = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest no longer describes the files
+        entries: dict[str, Any] = {}
+        first: tuple[str, SplitData, Path] | None = None
+        for corruption in tqdm(CORRUPTIONS, desc=f"generating {name}", unit="corruption", disable=None):
+            split = generate_cifar10c(images, labels, seed, names=[corruption])[corruption]
+            file = out_dir / f"{corruption}{SUFFIX[cfg.format]}"
+            (write_beton if cfg.format == "beton" else write_npz)(file, split)
+            entries[corruption] = split_manifest(corruption, split, file, len(class_names))
+            first = first or (corruption, split, file)
+        assert first is not None
+        data = ReadResult(splits={first[0]: first[1]}, class_names=class_names)
+        manifest = build_manifest(info, name, data, {first[0]: first[2]}, source.path, cfg)
+        manifest["splits"] = entries
+        manifest["source"]["official"] = False
+        manifest.update(
+            generated=True,
+            official=False,
+            generated_from=source.identity,
+            seed=seed,
+            approximated=[c.name for c in CORRUPTIONS.values() if c.approximated],
+        )
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    except BaseException:
+        if created_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return ConvertResult(out_dir, manifest, reused=False)
+
+
+# ---------------------------------------------------------------------------------------------
 # The one entry point
 # ---------------------------------------------------------------------------------------------
 
@@ -293,6 +443,10 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
         raise FastpartError(f"unknown format {cfg.format!r}; choose from {', '.join(SUFFIX)}")
     name = cfg.name or info.name
     out_dir = Path(cfg.out) / name
+    if cfg.generate_from is not None:
+        return convert_generated(info, name, out_dir, cfg)
+    if cfg.data_dir is not None:
+        raise FastpartError("--data-dir goes with --generate-from only")
     source = resolve_source(info, cfg)
 
     if not cfg.force:
@@ -327,4 +481,7 @@ def summary(result: ConvertResult) -> str:
     verb = "up to date" if result.reused else "converted"
     shape = "x".join(map(str, m["image_shape"]))
     note = "; source is not byte-identical to the official file" if m["source"].get("official") is False else ""
+    if m.get("generated_from"):
+        g = m["generated_from"]
+        note = f"; generated from {g['name']} {g['split']} with seed {m['seed']}, not the official files"
     return f"{m['name']}: {verb} in {result.out_dir} ({counts}; {m['num_classes']} classes; {shape}{note})"

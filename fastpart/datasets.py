@@ -134,7 +134,8 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             name="cifar10c",
-            description="CIFAR-10-C (evaluation only): CIFAR-10-C.tar or its folder; one split per corruption",
+            description="CIFAR-10-C (evaluation only): CIFAR-10-C.tar or its folder; one split per corruption; "
+            "or --generate-from cifar10",
             sources=(
                 SourceFile(
                     "CIFAR-10-C.tar",
