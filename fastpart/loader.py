@@ -10,8 +10,19 @@ channels_last memory, in the requested precision. Two backends read the same fil
 
 Both draw the sample order from the same seeded permutation and run the same batched augmentation
 on the device (random crop with zero padding, horizontal flip), so for a given seed and epoch they
-yield identical batches. The auxiliary tensor (later: the PART eps mask) is looked up by sample index
-and receives exactly the crop and flip of its image. ffcv is imported only where it is used.
+yield identical batches.
+
+Several processes (``rank`` of ``world_size``, e.g. under ``torchrun``) share one order: every
+process draws the same permutation of the epoch, cuts it into *global* batches of
+``batch_size * world_size`` samples (dropping the incomplete last one, like ``DistributedSampler``
+with ``drop_last``) and takes the ``rank``-th contiguous piece of each, so the processes see disjoint
+shards and, together, exactly the batches one process with the global batch size would see, with
+the same crops and flips (the augmentation is drawn for the global batch and sliced). The ffcv
+backend is given the process's shard as its traversal order (ffcv's own ``distributed=True`` order
+interleaves samples differently and is not used).
+
+The auxiliary tensor (later: the PART eps mask) is looked up by sample index and receives exactly
+the crop and flip of its image. ffcv is imported only where it is used.
 """
 
 from __future__ import annotations
@@ -251,6 +262,8 @@ class DeviceLoader:
         augment: Augment | None = None,
         aux: torch.Tensor | None = None,
         num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -259,11 +272,18 @@ class DeviceLoader:
             raise FastpartError(f"batch size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
             raise FastpartError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise FastpartError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
         self.device = torch.device(device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per process; a global batch is batch_size * world_size samples
+        self.rank = rank
+        self.world_size = world_size
         self.dtype = PRECISIONS[precision]
         self.shuffle = shuffle
         self.drop_last = shuffle if drop_last is None else drop_last
+        if world_size > 1 and not self.drop_last:
+            raise FastpartError("a loader sharded over several processes drops the incomplete last batch: "
+                                "pass drop_last=True")
         self.seed = seed
         self.augment = augment if augment is not None and augment.active else None
         self.num_workers = num_workers
@@ -324,11 +344,21 @@ class DeviceLoader:
         self.aux = aux
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batch_size)
+        """Batches per epoch (the same for every process)."""
+        full, rest = divmod(self.num_samples, self.batch_size * self.world_size)
         return full if self.drop_last or not rest else full + 1
 
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This process's samples of an epoch ``order``, batch after batch: the ``rank``-th piece of each
+        global batch."""
+        if self.world_size == 1:
+            return order
+        batches = len(self)
+        pieces = order[: batches * self.batch_size * self.world_size].view(batches, self.world_size, self.batch_size)
+        return pieces[:, self.rank].reshape(-1)
+
     def _raw_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """uint8 NHWC images, labels, indices on the device, in ``order``."""
+        """uint8 NHWC images, labels, indices on the device, in ``order`` (this process's shard)."""
         if self.backend == "memory":
             order = order.to(self.device)
             for b in range(len(self)):
@@ -342,12 +372,15 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch = self.epoch
         self.epoch += 1
-        order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+        order = self.shard(epoch_order(self.num_samples, self.seed, epoch, self.shuffle))
         generator = torch.Generator(self.device).manual_seed(stream_seed(self.seed, epoch, "augment"))
         for images, labels, indices in self._raw_batches(order):
             aux = self.aux[indices] if self.aux is not None else None
             if self.augment is not None:
-                rows, cols = crop_flip_coordinates(len(images), *images.shape[1:3], self.augment, generator, self.device)
+                # drawn for the whole global batch (all shards are full then), this process's piece kept
+                n, piece = len(images) * self.world_size, slice(self.rank * len(images), (self.rank + 1) * len(images))
+                rows, cols = crop_flip_coordinates(n, *images.shape[1:3], self.augment, generator, self.device)
+                rows, cols = rows[piece], cols[piece]
                 images = crop_flip(images, rows, cols, self.augment.crop_padding)
                 if aux is not None:
                     aux = aux_from_nhwc(crop_flip(aux_to_nhwc(aux), rows, cols, self.augment.crop_padding), aux.dim())

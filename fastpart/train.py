@@ -8,26 +8,42 @@ cached on disk, looked up by sample index and augmented with their images by the
 The run folder holds ``config.json``, ``env.json``, ``metrics.jsonl`` (one line per epoch) and
 ``checkpoint.pt`` (atomic, every epoch: model, optimizer, schedule, RNG states, mask-cache key), so
 ``--resume`` continues a killed run exactly as if it had never stopped.
+
+Under ``torchrun`` (``fastpart.distributed``) every process trains on its shard of each global batch
+(``--batch-scope``): the attack and the CAM masks run on the plain model of the process (no DDP
+forward, no gradient all-reduce), the update runs through ``DistributedDataParallel``. Batch norm
+keeps per-process batch statistics (no SyncBatchNorm); the running statistics are rank 0's, as DDP
+broadcasts them before each forward, and are broadcast again at the end of every epoch so that all
+processes evaluate, compute masks and checkpoint the same model. Mask refreshes are split into
+contiguous runs of whole mask batches, one per process, and gathered; the test-set evaluation gives
+every process every ``world_size``-th batch and sums the counts. Rank 0 alone reads and writes the run
+folder (config, env, metrics, masks, checkpoints) and prints; what it reads is broadcast. The attack
+randomness of epoch ``e`` on rank ``r`` is seeded from (seed, e, r), so a run resumes exactly, also
+with another number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import fastpart
-from fastpart.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from fastpart import distributed
+from fastpart.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from fastpart.attacks.mma import mma
 from fastpart.attacks.pgd import pgd
 from fastpart.cam import CAM_BACKENDS, CAM_METHODS, class_activation_maps
@@ -36,7 +52,7 @@ from fastpart.convert import load_manifest
 from fastpart.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
 from fastpart.kernels import Eps, EpsLevels, eps_from_levels
-from fastpart.loader import Augment, DeviceLoader, read_split, split_path
+from fastpart.loader import Augment, DeviceLoader, read_split, split_path, stream_seed
 from fastpart.masks import (
     INTERPOLATIONS,
     MASK_MODES,
@@ -46,7 +62,9 @@ from fastpart.masks import (
     cache_key,
     compute_split_levels,
     eps_levels,
+    pack_levels,
     refresh_epochs,
+    unpack_levels,
 )
 from fastpart.models import create_model, eval_mode
 from fastpart.objectives import Objective, attack_loss_fn, get_objective, natural_probs
@@ -70,6 +88,8 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT = "checkpoint.pt"
 RESUME_MAY_CHANGE = {"resume", "eval_every", "workers", "compile"}
 TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
+BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
+MASK_BATCH = 512  # images per CAM batch of a mask refresh (at least the training batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +107,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="at/trades/mart, or their pixel-reweighted versions part/part-trades/part-mart")
     p.add_argument("--model", help="fastpart or timm model name (default: the dataset's paper model)")
     p.add_argument("--epochs", type=int, help="epochs (default: the dataset's paper setting)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: paper setting)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: paper setting); see --batch-scope")
+    p.add_argument("--batch-scope", default=d.batch_scope, choices=BATCH_SCOPES,
+                   help="under torchrun: global (--batch-size is the global batch, each of the N processes takes "
+                   "batch-size / N; it must divide) or per-gpu (each process takes --batch-size). The lr is not "
+                   "rescaled: set --lr for the global batch yourself")
     p.add_argument("--lr", type=float, help="SGD learning rate (default: paper setting)")
     p.add_argument("--wd", type=float, help="weight decay (default: paper setting)")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
@@ -166,6 +190,8 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
     )
     if resolved.ae not in TRAINING_ATTACKS:
         raise FastpartError(f"unknown --ae {resolved.ae!r}; choose from {', '.join(TRAINING_ATTACKS)}")
+    if resolved.batch_scope not in BATCH_SCOPES:
+        raise FastpartError(f"unknown --batch-scope {resolved.batch_scope!r}; choose from {', '.join(BATCH_SCOPES)}")
     if resolved.method not in METHODS:
         raise FastpartError(f"unknown method {resolved.method!r}; choose from {', '.join(METHODS)}")
     if resolved.epochs < 1 or resolved.batch_size < 1 or resolved.steps < 0:
@@ -175,6 +201,16 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
     if METHODS[resolved.method].pixel_reweighted and not 0 <= resolved.eps_low <= resolved.eps:
         raise FastpartError(f"need 0 <= eps-low <= eps, got eps-low {resolved.eps_low} and eps {resolved.eps}")
     return resolved
+
+
+def process_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    """The batch of one process: the global --batch-size split over the processes, or --batch-size (per-gpu)."""
+    if cfg.batch_scope == "per-gpu" or world_size == 1:
+        return cfg.batch_size
+    if cfg.batch_size % world_size:
+        raise FastpartError(f"--batch-size {cfg.batch_size} (the global batch) does not split over {world_size} "
+                            f"processes: give a multiple of {world_size}, or --batch-scope per-gpu")
+    return cfg.batch_size // world_size
 
 
 def mask_settings(cfg: TrainConfig) -> MaskSettings:
@@ -217,17 +253,76 @@ class MaskState(NamedTuple):
     stats: dict[str, Any]
 
 
+def mask_slice(n: int, batch_size: int, rank: int, world_size: int) -> slice:
+    """The samples whose masks process ``rank`` computes: a contiguous run of whole mask batches.
+
+    Whole batches, so every image goes through the CAM in the same batch as in a one-process run and
+    the levels (and the cache file) do not depend on the number of processes.
+    """
+    batches = -(-n // batch_size)
+    first, last = -(-rank * batches // world_size), -(-(rank + 1) * batches // world_size)
+    return slice(min(first * batch_size, n), min(last * batch_size, n))
+
+
+def gather_levels(local: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
+    """Every process's levels (its ``mask_slice``) -> the split's levels (N, C, H, W) on every process."""
+    world = distributed.world_size()
+    if world == 1:
+        return local
+    sizes = [len(range(n)[mask_slice(n, batch_size, r, world)]) for r in range(world)]
+    row_bytes = (math.prod(local.shape[1:]) + 7) // 8  # 8 levels a byte on the wire
+    padded = torch.zeros((max(sizes), row_bytes), dtype=torch.uint8, device=local.device)
+    if len(local):
+        padded[: len(local)] = pack_levels(local)
+    rows = [part[:size] for part, size in zip(distributed.all_gather(padded), sizes)]
+    return unpack_levels(torch.cat(rows), (n, *local.shape[1:]))
+
+
+def shared_cached_levels(cache: MaskCache, key: str, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Cached levels and stats read by rank 0 and broadcast to every process (no shared disk needed)."""
+    world = distributed.world_size()
+    if world == 1:
+        return cache.load(key).to(device), cache.stats(key)
+    levels = None
+
+    def read() -> tuple[tuple[int, ...], dict[str, Any]]:
+        nonlocal levels
+        levels = cache.load(key).to(device)
+        return tuple(levels.shape), cache.stats(key)
+
+    shape, stats = distributed.on_main(read)
+    packed = pack_levels(levels) if levels is not None else torch.empty(
+        (shape[0], (math.prod(shape[1:]) + 7) // 8), dtype=torch.uint8, device=device)
+    distributed.broadcast(packed)
+    return (levels if levels is not None else unpack_levels(packed, shape)), stats
+
+
 def refresh_masks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
                   cache: MaskCache, dataset_sha: str) -> MaskState:
-    """Masks of the whole training split for the current model: from the cache when present, else computed."""
+    """Masks of the whole training split for the current model: from the cache when present, else computed.
+
+    Under several processes each computes the CAMs of its ``mask_slice`` and the levels are gathered;
+    rank 0 writes the cache. The file holds the levels and deterministic stats only (no timings), so it
+    is byte-identical for the same model state, dataset and settings whatever the number of processes.
+    """
     settings = mask_settings(cfg)
     key = cache_key(dataset_sha, model.state_dict(), settings, cfg.eps, cfg.eps_low)
-    if cache.exists(key):
-        return MaskState(key, cache.load(key).to(images.device), {**cache.stats(key), "reused": True})
-    levels, stats = compute_split_levels(cam_function(model, cfg), images, labels, settings,
-                                         batch_size=max(cfg.batch_size, 512))
-    cache.save(key, levels, stats)
-    cache.prune(keep={key})
+    distributed.check_same(key, "the model state at a mask refresh (its cache key)")
+    if distributed.on_main(lambda: cache.exists(key)):
+        levels, stats = shared_cached_levels(cache, key, images.device)
+        return MaskState(key, levels, {**stats, "reused": True})
+    batch_size = max(cfg.batch_size, MASK_BATCH)
+    part = mask_slice(len(images), batch_size, distributed.rank(), distributed.world_size())
+    local, local_stats = compute_split_levels(cam_function(model, cfg), images[part], labels[part], settings,
+                                              batch_size=batch_size, progress=distributed.is_main())
+    levels = gather_levels(local, len(images), batch_size)
+    degenerate = distributed.all_reduce_sum(torch.tensor([local_stats["degenerate"]], dtype=torch.int64))
+    stats = {"important_fraction": float(levels.sum(dtype=torch.int64).item()) / max(levels.numel(), 1),
+             "degenerate": int(degenerate.item()), "n": len(images)}
+    if distributed.is_main():
+        cache.save(key, levels, stats)
+        cache.prune(keep={key})
+    distributed.barrier()
     return MaskState(key, levels, {**stats, "reused": False})
 
 
@@ -250,8 +345,14 @@ def batch_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux: torch.
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, x: torch.Tensor,
                y: torch.Tensor, eps: Eps, cfg: TrainConfig,
-               generator: torch.Generator) -> torch.Tensor:
-    """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing."""
+               generator: torch.Generator, update: nn.Module | None = None) -> torch.Tensor:
+    """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing.
+
+    ``model`` runs the natural forward and the attack (eval mode, input gradients only); ``update``
+    (default: ``model``; the DistributedDataParallel wrapper under several processes) runs the
+    train-mode forward whose backward updates the parameters.
+    """
+    update = model if update is None else update
     autocast = AUTOCAST[cfg.precision]
     model.eval()
     with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
@@ -265,8 +366,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
                     start=objective.start, generator=generator, autocast_dtype=autocast)
     model.train()
     with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        logits_adv = model(x_adv)
-        logits_nat = model(x) if objective.needs_natural_logits else None
+        logits_adv = update(x_adv)
+        logits_nat = update(x) if objective.needs_natural_logits else None
         loss = objective.loss(logits_adv, logits_nat, y, objective.beta)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -276,26 +377,36 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
 
 
 def train_epoch(model, loader: DeviceLoader, optimizer, objective: Objective, cfg: TrainConfig, epoch: int,
-                generator: torch.Generator, masked: bool, net: nn.Module | None = None) -> dict[str, Any]:
-    """One epoch; ``net`` (default: the model) runs the attack and the update, e.g. a torch.compile'd model."""
+                generator: torch.Generator, masked: bool, net: nn.Module | None = None,
+                update_net: nn.Module | None = None) -> dict[str, Any]:
+    """One epoch; ``net`` (default: the model) runs the attack and the update, e.g. a torch.compile'd model;
+    ``update_net`` (default: ``net``) runs the update alone, e.g. the DistributedDataParallel wrapper.
+    Under several processes the record sums every process's shard."""
     sums = torch.zeros(3, device=loader.device)
     mask_sums = {"important": 0.0, "degenerate": 0.0}
     seen = batches = 0
+    attack_net = model if net is None else net
+    update_net = attack_net if update_net is None else update_net
     start = time.perf_counter()
-    for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0):
+    for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0,
+                      disable=not distributed.is_main()):
         x, y, _, aux = batch if len(batch) == 4 else (*batch, None)
         eps: Eps = cfg.eps
         if masked:
             eps, batch_stats = batch_budget(model, x, y, aux, cfg)
             for k, v in batch_stats.items():
                 mask_sums[k] += v
-        sums += train_step(model if net is None else net, optimizer, objective, x, y, eps, cfg, generator)
+        sums += train_step(attack_net, optimizer, objective, x, y, eps, cfg, generator, update_net)
         seen += len(y)
         batches += 1
     if loader.device.type == "cuda":
         torch.cuda.synchronize(loader.device)
     seconds = time.perf_counter() - start
-    loss_sum, natural, adversarial = sums.tolist()
+    totals = torch.tensor([*sums.tolist(), seen, batches, mask_sums["important"], mask_sums["degenerate"]],
+                          dtype=torch.float64)
+    loss_sum, natural, adversarial, seen, batches, mask_sums["important"], mask_sums["degenerate"] = (
+        distributed.all_reduce_sum(totals).tolist())
+    seen, batches = int(seen), int(batches)
     record = {"loss": loss_sum / seen, "train_natural_acc": natural / seen, "train_adv_acc": adversarial / seen,
               "images": seen, "epoch_seconds": seconds, "images_per_second": seen / seconds}
     if masked and cfg.mask_freq == 0:
@@ -316,21 +427,31 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: torch
 
 
 def evaluate(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, limit: int | None) -> dict[str, float]:
-    """Natural and PGD-k (eps, alpha 2/255, random start, CE) accuracy on the test split."""
+    """Natural and PGD-k (eps, alpha 2/255, random start, CE) accuracy on the test split (first ``limit`` images).
+
+    Batch b's random start is seeded from (seed, b); under several processes rank r evaluates the
+    batches b with b % world_size == r and the counts are summed, so the result does not depend on
+    the number of processes.
+    """
     model.eval()
     autocast = AUTOCAST[cfg.precision]
-    generator = torch.Generator(loader.device).manual_seed(cfg.seed + 1)
-    natural = robust = seen = 0
+    rank, world = distributed.rank(), distributed.world_size()
+    counts = torch.zeros(3, dtype=torch.float64)  # natural correct, robust correct, images
+    taken = 0
     loader.set_epoch(0)
-    for x, y, _ in loader:
-        if limit is not None and seen >= limit:
+    for b, (x, y, _) in enumerate(loader):
+        if limit is not None and taken >= limit:
             break
         if limit is not None:
-            x, y = x[: limit - seen], y[: limit - seen]
-        natural += _correct(model, x, y, autocast)
+            x, y = x[: limit - taken], y[: limit - taken]
+        taken += len(y)
+        if b % world != rank:
+            continue
+        generator = torch.Generator(loader.device).manual_seed(stream_seed(cfg.seed, b, "eval-pgd"))
         x_adv = pgd(model, x, y, cfg.eps, 2 / 255, cfg.eval_steps, generator=generator, autocast_dtype=autocast)
-        robust += _correct(model, x_adv, y, autocast)
-        seen += len(y)
+        counts += torch.tensor([_correct(model, x, y, autocast), _correct(model, x_adv, y, autocast), len(y)],
+                               dtype=torch.float64)
+    natural, robust, seen = (int(v) for v in distributed.all_reduce_sum(counts).tolist())
     return {"test_natural_acc": natural / seen, f"test_pgd{cfg.eval_steps}_acc": robust / seen, "test_n": seen}
 
 
@@ -342,12 +463,13 @@ def evaluate(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, limit: in
 def environment(device: torch.device) -> dict[str, Any]:
     versions = {"fastpart": fastpart.__version__, "torch": torch.__version__, "python": platform.python_version()}
     for name in ("numpy", "timm", "ffcv", "triton", "numba"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+        try:  # the installed release, without importing it (importing ffcv compiles its kernels: seconds)
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"versions": versions, "device": str(device), "device_name": name, "cpu_count": os.cpu_count()}
+    return {"versions": versions, "device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
+            "world_size": distributed.world_size()}
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -374,24 +496,35 @@ class TrainingState(NamedTuple):
     generator: torch.Generator
 
 
+def attack_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the attack generator (random starts) of ``epoch`` on process ``rank``."""
+    return stream_seed(seed, epoch, f"attack/{rank}")
+
+
 def save_checkpoint(path: Path, state: TrainingState, epoch: int, mask_key: str | None, cfg: TrainConfig) -> None:
+    """Rank 0's state (every process holds the same model, optimizer and schedule at the end of an epoch)."""
     payload = {
         "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(), "epoch": epoch, "mask_key": mask_key,
-        "attack_rng": state.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "torch_rng": torch.get_rng_state(),  # the attack generator is reseeded per epoch: attack_seed
         "config": cfg.to_dict(), "fastpart_version": fastpart.__version__,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> tuple[int, str | None]:
-    """Restore ``state`` in place; returns (epochs done, mask-cache key)."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a checkpoint is written atomically, so this is not a half-written file
         raise FastpartError(f"cannot load {path}: {exc}") from None
-    saved = {k: v for k, v in payload["config"].items() if k not in RESUME_MAY_CHANGE}
+
+
+def load_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> tuple[int, str | None]:
+    """Restore ``state`` in place; returns (epochs done, mask-cache key). Rank 0 reads, every process restores."""
+    payload = distributed.on_main(lambda: read_checkpoint(path))
+    defaults = TrainConfig().to_dict()  # settings added after the checkpoint was written had their default
+    saved = {k: payload["config"].get(k, defaults.get(k)) for k in defaults if k not in RESUME_MAY_CHANGE}
     current = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE}
     changed = sorted(k for k in current if saved.get(k) != current[k] and not (
         isinstance(current[k], tuple) and list(current[k]) == saved.get(k)))
@@ -400,7 +533,6 @@ def load_checkpoint(path: Path, state: TrainingState, cfg: TrainConfig) -> tuple
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
-    state.generator.set_state(payload["attack_rng"])
     torch.set_rng_state(payload["torch_rng"])
     return int(payload["epoch"]), payload["mask_key"]
 
@@ -465,6 +597,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     final_eval: dict[str, float]
     seconds: float
+    rank: int = 0  # the process that returned it (several under torchrun; rank 0 prints)
 
     def summary(self) -> str:
         c, e = self.config, self.final_eval
@@ -488,20 +621,44 @@ def training_images(loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train per ``cfg``; returns the per-epoch history and the final test-set evaluation."""
+    """Train per ``cfg``; returns the per-epoch history and the final test-set evaluation.
+
+    Inside a ``torchrun`` launch this process joins the launch's process group for the run (see the
+    module docstring); a communication failure becomes a one-line ``DistributedError``.
+    """
     manifest = dataset_manifest(cfg.data_dir, cfg.dataset)
     defaults = paper_defaults(manifest)
     cfg = resolve(cfg, defaults)
+    batch_size = process_batch_size(cfg, distributed.world_size())
+    device = distributed.process_device(torch.device(cfg.device))
+    joined = distributed.init(device)
+    try:
+        return _train(cfg, manifest, defaults, device, batch_size)
+    except RuntimeError as exc:
+        if distributed.world_size() > 1 and distributed.is_communication_error(exc):
+            raise distributed.as_distributed_error(exc) from None
+        raise
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, device: torch.device,
+           batch_size: int) -> TrainResult:
     method = METHODS[cfg.method]
     objective = get_objective(method.objective)
-    device = torch.device(cfg.device)
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     run_dir = Path(cfg.out)
     checkpoint = run_dir / CHECKPOINT
-    if checkpoint.exists() and not cfg.resume:
+    resuming = distributed.on_main(checkpoint.exists)
+    if resuming and not cfg.resume:
         raise FastpartError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    write_json_atomic(run_dir / "env.json", environment(device))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resuming:
+            remove_stale_temporaries(run_dir)  # left by a process killed while writing
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+        write_json_atomic(run_dir / "env.json", environment(device))
     metrics_path = run_dir / "metrics.jsonl"
 
     torch.manual_seed(cfg.seed)
@@ -510,25 +667,36 @@ def train(cfg: TrainConfig) -> TrainResult:
         model = model.to(memory_format=torch.channels_last)
     augment = Augment(defaults.crop_padding, flip=True) if defaults.augment else None
     loader_options = dict(device=device, backend=cfg.loader, num_workers=cfg.workers, seed=cfg.seed)
-    train_loader = DeviceLoader(split_path(cfg.data_dir, cfg.dataset, "train"), batch_size=cfg.batch_size,
-                                shuffle=True, augment=augment, **loader_options)
+    train_loader = DeviceLoader(split_path(cfg.data_dir, cfg.dataset, "train"), batch_size=batch_size,
+                                shuffle=True, augment=augment, rank=rank, world_size=world, **loader_options)
     test_loader = DeviceLoader(split_path(cfg.data_dir, cfg.dataset, "test"), batch_size=max(cfg.batch_size, 256),
                                shuffle=cfg.eval_n is not None, drop_last=False, **loader_options)
+    if len(train_loader) == 0:
+        raise FastpartError(f"the training split has {train_loader.num_samples} images, fewer than one global batch "
+                            f"of {batch_size * world}: lower --batch-size")
+    # The attack and the masks run on the plain module (input gradients only, nothing to all-reduce); the
+    # update runs through DDP. torch.compile wraps the DDP module (its graph breaks at the gradient buckets).
     net = torch.compile(model) if cfg.compile else model
+    update_net = net
+    if world > 1:
+        # 1x1 kernels: a weight gradient in channels_last strides has the same memory layout as its bucket view
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        update_net = torch.compile(ddp) if cfg.compile else ddp
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
-    state = TrainingState(model, optimizer, scheduler, torch.Generator(device).manual_seed(cfg.seed))
+    state = TrainingState(model, optimizer, scheduler, torch.Generator(device))
 
     start_epoch, mask_key = 0, None
-    if cfg.resume and checkpoint.exists():
+    if cfg.resume and resuming:
         start_epoch, mask_key = load_checkpoint(checkpoint, state, cfg)
-    history = keep_metrics_until(metrics_path, start_epoch)
+    history = distributed.on_main(lambda: keep_metrics_until(metrics_path, start_epoch))
     schedule = refresh_epochs(cfg.epochs, cfg.burn_in, cfg.mask_freq) if method.pixel_reweighted else []
     cache = MaskCache(run_dir / "masks")
     dataset_sha = manifest["splits"]["train"]["sha256"]
     split_images = None
     if mask_key is not None and start_epoch not in schedule:
-        train_loader.set_aux(cache.load(mask_key).to(device))
+        train_loader.set_aux(shared_cached_levels(cache, mask_key, device)[0])
 
     start = time.perf_counter()
     final_eval: dict[str, float] = history[-1] if history and "test_n" in history[-1] else {}
@@ -546,7 +714,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                           important_fraction=masks.stats["important_fraction"],
                           degenerate_maps=masks.stats["degenerate"])
         train_loader.set_epoch(epoch)
-        record.update(train_epoch(model, train_loader, optimizer, objective, cfg, epoch, state.generator, masked, net))
+        state.generator.manual_seed(attack_seed(cfg.seed, epoch, rank))
+        record.update(train_epoch(model, train_loader, optimizer, objective, cfg, epoch, state.generator, masked, net,
+                                  update_net))
+        distributed.broadcast_buffers(model)  # rank 0's batch-norm running statistics everywhere, as DDP does
         record["phase"] = "masked" if masked else ("burn-in" if method.pixel_reweighted else "plain")
         if not math.isfinite(record["loss"]):
             raise FastpartError(
@@ -557,14 +728,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
             final_eval = evaluate(model, test_loader, cfg, cfg.eval_n)
             record.update(final_eval)
-        append_jsonl(metrics_path, record)  # before the checkpoint: a kill between them re-runs this epoch
-        save_checkpoint(checkpoint, state, epoch + 1, mask_key, cfg)
+        if main:
+            append_jsonl(metrics_path, record)  # before the checkpoint: a kill between them re-runs this epoch
+            save_checkpoint(checkpoint, state, epoch + 1, mask_key, cfg)
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
+                f"nat {100 * record['train_natural_acc']:.1f}% adv {100 * record['train_adv_acc']:.1f}% "
+                f"{record['images_per_second']:.0f} img/s"
+            )
         history.append(record)
-        tqdm.write(
-            f"epoch {epoch + 1}/{cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
-            f"nat {100 * record['train_natural_acc']:.1f}% adv {100 * record['train_adv_acc']:.1f}% "
-            f"{record['images_per_second']:.0f} img/s"
-        )
     if not final_eval:
         final_eval = evaluate(model, test_loader, cfg, cfg.eval_n)
-    return TrainResult(cfg, run_dir, history, final_eval, time.perf_counter() - start)
+    distributed.barrier()  # every process returns after rank 0 wrote the last checkpoint
+    return TrainResult(cfg, run_dir, history, final_eval, time.perf_counter() - start, rank)
