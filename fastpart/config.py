@@ -24,6 +24,8 @@ class ConvertConfig:
     n_train: int | None = None
     n_test: int | None = None
     seed: int | None = None
+    generate_from: str | None = None  # cifar10c: corrupt this converted dataset's test split instead
+    data_dir: str | None = None  # where --generate-from's dataset was converted (default: out)
 
     def generator_options(self) -> dict[str, int]:
         """Options of generated datasets (shapes); a changed option means a different dataset."""
@@ -59,6 +61,7 @@ class TrainConfig:
     model: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
+    batch_scope: str = "global"
     lr: float | None = None
     wd: float | None = None
     momentum: float = 0.9
@@ -86,6 +89,36 @@ class TrainConfig:
     loader: str = "auto"
     workers: int = 0
     compile: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``fastpart eval`` settings; ``None`` means: take it from the run (its data folder, eps)."""
+
+    run: str
+    attacks: tuple[str, ...] = DEFAULT_EVAL_ATTACKS
+    n: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    precision: str = "fp32"
+    data_dir: str | None = None
+    out: str | None = None
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    adaptive_eps: float = 12 / 255
+    adaptive_eps_low: float = 8 / 255
+    eps_curve: tuple[float, ...] = (0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255, 12 / 255, 16 / 255)
+    surrogate: str | None = None
+    c_data_dir: str | None = None
+    c_dataset: str = "cifar10c"
+    restart: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

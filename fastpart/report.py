@@ -168,7 +168,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def _accuracy_cell(name: str, entry: dict[str, Any]) -> str:
     if name == "checks" and "passed" in entry and not _is_number(entry.get("accuracy")):
         return "all passed" if entry["passed"] else "FAILED"
-    if name == "eps_curve" and not _is_number(entry.get("accuracy")):
+    if name == "eps-curve" and not _is_number(entry.get("accuracy")):
         return "see eps_curve.png"
     return percent(entry.get("accuracy"))
 
@@ -440,7 +440,7 @@ def _scaled(series: tuple[list[float], list[float]]) -> tuple[list[float], list[
 
 
 def _curve_points(records: RunRecords) -> list[tuple[float, float]]:
-    entry = records.results.get("eps_curve")
+    entry = records.results.get("eps-curve")
     curve = entry.get("curve") if isinstance(entry, dict) else None
     if not isinstance(curve, list):
         return []
@@ -458,7 +458,7 @@ def eps_curve_figure(runs: Sequence[RunRecords]) -> bytes:
             continue
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
         ax.plot([255 * e for e, _ in points], [100 * a for _, a in points], marker="o", color=colour,
-                label=records.name if len(runs) > 1 else records.results["eps_curve"].get("label", "accuracy"))
+                label=records.name if len(runs) > 1 else records.results["eps-curve"].get("label", "accuracy"))
     train_eps = runs[0].config.get("eps")
     if _is_number(train_eps):
         ax.axvline(255 * train_eps, color="grey", linestyle=":", label=f"training eps {_budget(train_eps)}")

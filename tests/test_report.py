@@ -27,7 +27,7 @@ def eval_json(run: Path, method: str, accuracies: dict[str, float], extra: bool)
               "aa": "AutoAttack standard", "aa-fast": "APGD-CE + APGD-T (not standard AA)"}
     results = {name: {"accuracy": acc, "n": 64, "seconds": 1.5, "label": labels[name]} for name, acc in accuracies.items()}
     if extra:
-        results["eps_curve"] = {"accuracy": None, "n": 64, "seconds": 4.0, "label": "PGD-20 accuracy vs eps",
+        results["eps-curve"] = {"accuracy": None, "n": 64, "seconds": 4.0, "label": "PGD-20 accuracy vs eps",
                                 "curve": [{"eps": e / 255, "accuracy": a} for e, a in [(0, 0.83), (4, 0.6), (8, 0.44), (16, 0.1)]]}
         results["cifar10c"] = {"accuracy": 0.7, "n": 64, "seconds": 9.0, "label": "CIFAR-10-C mean (generated)",
                                "per_corruption": {"gaussian_noise": {"1": 0.81, "2": 0.72, "3": 0.63, "4": 0.54, "5": 0.45},
