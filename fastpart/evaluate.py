@@ -51,11 +51,20 @@ from fastpart.atomic import write_bytes_atomic, write_json_atomic
 from fastpart.attacks.mma import mma, mma_ref
 from fastpart.attacks.pgd import pgd
 from fastpart.config import EvalConfig
+from fastpart.datasets import file_checksum
 from fastpart.errors import FastpartError
 from fastpart.kernels import Eps, EpsLevels, eps_from_levels
-from fastpart.loader import read_split, split_path
+from fastpart.loader import read_split, split_path, to_model_input
 from fastpart.masks import eps_levels
-from fastpart.train import AUTOCAST, LoadedRun, cam_function, dataset_manifest, load_run, mask_settings
+from fastpart.train import (
+    AUTOCAST,
+    LoadedRun,
+    cam_function,
+    dataset_manifest,
+    load_run,
+    mask_settings,
+    resolve_device,
+)
 
 PROGRESS = "eval-progress.json"
 RESULTS = "eval.json"
@@ -408,9 +417,7 @@ def load_images(ctx: Context, data: str, cache: dict[str, Images]) -> Images:
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_model_input(torch.from_numpy(np.ascontiguousarray(images)).to(device), torch.float32)
     return x, torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
 
 
@@ -450,18 +457,10 @@ class Progress:
         write_json_atomic(self.path, {"fingerprint": self.fingerprint, "done": self.done})
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(ctx: Context) -> dict[str, Any]:
     settings = {k: v for k, v in ctx.cfg.to_dict().items() if k not in ("attacks", "out", "restart", "device", "run")}
-    return {"checkpoint_sha256": file_sha256(ctx.run.checkpoint), "settings": json.loads(json.dumps(settings)),
-            "surrogate_sha256": file_sha256(ctx.surrogate.checkpoint) if ctx.surrogate else None,
+    return {"checkpoint": file_checksum(ctx.run.checkpoint, "sha256"), "settings": json.loads(json.dumps(settings)),
+            "surrogate": file_checksum(ctx.surrogate.checkpoint, "sha256") if ctx.surrogate else None,
             "fastpart": fastpart.__version__}
 
 
@@ -487,12 +486,6 @@ def measure(ctx: Context, item: Item, progress: Progress, cache: dict[str, Image
     return {"accuracy": correct / count if count else float("nan"), "n": int(count), "seconds": seconds}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluator of ``cfg.attacks`` on the run's model; write and return eval.json's content."""
     if cfg.precision not in AUTOCAST:
@@ -500,7 +493,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.batch_size < 1:
         raise FastpartError("--batch-size must be >= 1")
     evaluators = [get_evaluator(name) for name in dict.fromkeys(cfg.attacks)]
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     run = load_run(cfg.run, device, cfg.data_dir)
     surrogate = load_run(cfg.surrogate, device, cfg.data_dir) if cfg.surrogate else None
     ctx = Context(run, cfg, device, AUTOCAST[cfg.precision], surrogate)

@@ -39,7 +39,7 @@ from fastpart.errors import FastpartError
 from fastpart.kernels import EpsLevels
 from fastpart.loader import read_split, split_path
 from fastpart.masks import eps_levels
-from fastpart.train import METHODS, cam_function, load_run, mask_settings
+from fastpart.train import METHODS, cam_function, load_run, mask_settings, resolve_device
 
 __all__ = ["RunRecords", "Panel", "read_run", "panel_indices", "compute_panel", "write_report", "PAPER_COLUMNS"]
 
@@ -726,18 +726,6 @@ def _panels(runs: Sequence[RunRecords], n_images: int, device: str, data_dir: st
     return panels, notes
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        raise FastpartError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FastpartError(f"device {device} requested but CUDA is not available")
-    return device
-
-
 def write_report(runs: Sequence[str | Path], out: str | Path | None = None, n_images: int = 4,
                  device: str = "cpu", data_dir: str | None = None) -> Path:
     """Write the report of one run, or the comparison of several, and return the markdown's path.
@@ -751,7 +739,7 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None, n_im
         raise FastpartError("give at least one run folder")
     if n_images < 0:
         raise FastpartError(f"--images must be >= 0, got {n_images}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     records = [read_run(r) for r in runs]
     folder = Path(out) if out is not None else _default_out(records)
     if folder.exists() and not folder.is_dir():

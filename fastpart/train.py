@@ -171,10 +171,23 @@ def paper_defaults(manifest: dict[str, Any]) -> TrainDefaults:
     return info.defaults if info and info.defaults else DATASETS[FALLBACK_DATASET].defaults
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu; any other name is checked (one-line error if unusable)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise FastpartError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FastpartError(f"device {device} requested but CUDA is not available")
+    return device
+
+
 def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
     """Fill every unset field from the dataset's paper settings and the machine, and check the result."""
     epochs = cfg.epochs if cfg.epochs is not None else defaults.epochs
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
     resolved = replace(
         cfg,
