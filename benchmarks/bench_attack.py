@@ -16,7 +16,6 @@ triton step, at the largest batch only: the compile time is reported apart and l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -30,21 +29,9 @@ from common import median, table, timed, write_result  # noqa: E402
 
 from fastpart.attacks.pgd import pgd  # noqa: E402
 from fastpart.kernels import EpsLevels, pgd_step_  # noqa: E402
-from fastpart.models import create_model  # noqa: E402
+from fastpart.models import create_model, frozen_parameters  # noqa: E402
 
 EPS, EPS_LOW, ALPHA, STEPS = 8 / 255, 7 / 255, 2 / 255, 10
-
-
-@contextlib.contextmanager
-def frozen(model: torch.nn.Module):
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 def main() -> None:
@@ -102,7 +89,7 @@ def main() -> None:
             backend = "triton" if on_gpu else "reference"
 
             def attack():
-                with frozen(model):
+                with frozen_parameters(model):
                     return pgd(compiled, x, y, eps, ALPHA, STEPS, autocast_dtype=autocast, kernel_backend=backend)
 
             start = time.perf_counter()

@@ -22,10 +22,9 @@ The baseline trains PART the way the released research code does, written plainl
 Images/s of the baseline are measured over ``--batches`` batches after one warm-up batch, with the
 time spent in each phase, twice: before and after fastpart's runs; the faster of the two is kept (load
 from other processes can only slow a measurement down, so this choice favours the baseline). In the same run fastpart trains PART (``fastpart.train.train``, burn-in 0,
-``--mask-freqs``, default 1 and 10) on the same data, model and device; its images/s count the
-epochs after the first (which carries one-off costs) plus their mask refreshes, with the refresh
-cost amortised over ``mask_freq`` epochs (with ``--fastpart-epochs 3`` and mask-freq 10 no refresh
-falls in the measured epochs, so the measured refresh of epoch 1 is charged at 1/10 per epoch).
+``--mask-freqs``, default 1 and 10) on the same data, model and device, measured as bench_train.py
+measures it (``bench_train.throughput``): the epochs after the first (which carries one-off costs)
+plus a whole-split mask refresh amortised over ``mask_freq`` epochs.
 ``speedup_vs_baseline`` = fastpart images/s / baseline images/s.
 
     python benchmarks/bench_baseline.py                      # CPU: generated shapes, resnet18_cifar_w8
@@ -52,13 +51,14 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from bench_train import throughput as fastpart_throughput  # noqa: E402
 from common import device_name, synchronize, table, write_result  # noqa: E402
 
 from fastpart.cli import main as cli  # noqa: E402
 from fastpart.config import TrainConfig  # noqa: E402
 from fastpart.loader import read_split, split_path  # noqa: E402
 from fastpart.models import create_model, find_cam_layer  # noqa: E402
-from fastpart.train import dataset_manifest, paper_defaults, train  # noqa: E402
+from fastpart.train import dataset_manifest, paper_defaults  # noqa: E402
 
 EPS, EPS_LOW, STEPS, TAU = 8 / 255, 7 / 255, 10, 1.0
 BASELINE = "baseline (released-code style)"
@@ -213,21 +213,6 @@ def baseline_throughput(data_dir: str, dataset: str, model_name: str, batch_size
 # ---------------------------------------------------------------------------------------------
 # fastpart, same data, model and device
 # ---------------------------------------------------------------------------------------------
-
-
-def fastpart_throughput(cfg: TrainConfig) -> dict:
-    result = train(cfg)
-    history = result.history
-    measured = history[1:] or history  # the first epoch carries one-off costs (compilation, warm-up)
-    refreshes = [h["mask_seconds"] for h in measured if "mask_seconds" in h]
-    refresh_s = (sum(refreshes) / len(refreshes)) if refreshes else history[0].get("mask_seconds", 0.0)
-    images = sum(h["images"] for h in measured)
-    epochs_s = sum(h["epoch_seconds"] for h in measured)
-    as_run = epochs_s + sum(refreshes)
-    amortised = epochs_s + len(measured) * refresh_s / cfg.mask_freq
-    return {"images_per_s": round(images / amortised, 1), "images_per_s_as_run": round(images / as_run, 1),
-            "mask_refresh_s": round(refresh_s, 3), "epochs_measured": len(measured),
-            "precision": result.config.precision}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,11 +39,13 @@ def throughput(cfg: TrainConfig) -> dict:
     refreshes = [h["mask_seconds"] for h in result.history if "mask_seconds" in h]
     refresh = statistics.median(refreshes[1:] or refreshes) if refreshes else 0.0
     per_epoch = refresh / cfg.mask_freq if refreshes and cfg.mask_freq else 0.0
-    seconds = sum(h["epoch_seconds"] + per_epoch for h in measured)
+    epochs_s = sum(h["epoch_seconds"] for h in measured)
+    as_run = epochs_s + sum(h.get("mask_seconds", 0.0) for h in measured)
     images = sum(h["images"] for h in measured)
-    return {"images_per_s": round(images / seconds, 1), "epochs_measured": len(measured),
-            "train_images_per_s": round(images / sum(h["epoch_seconds"] for h in measured), 1),
-            "mask_refresh_s": round(refresh, 3) if refreshes else None}
+    return {"images_per_s": round(images / (epochs_s + len(measured) * per_epoch), 1),
+            "epochs_measured": len(measured), "train_images_per_s": round(images / epochs_s, 1),
+            "images_per_s_as_run": round(images / as_run, 1),
+            "mask_refresh_s": round(refresh, 3) if refreshes else None, "precision": result.config.precision}
 
 
 def refresh_cost(model_name: str, images: torch.Tensor, labels: torch.Tensor, backend: str, device) -> float:
