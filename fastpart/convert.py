@@ -13,15 +13,15 @@ split by ``fastpart.corruptions``; its manifest then says ``"generated": true, "
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from fastpart.config import ConvertConfig
 from fastpart.corruptions import CORRUPTIONS, generate_cifar10c
 from fastpart.datasets import DatasetInfo, ReadResult, SourceFile, SplitData, file_checksum, get_dataset
 from fastpart.errors import DatasetError, FastpartError
+from fastpart.splitfiles import read_split
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -294,29 +295,6 @@ def is_current(manifest: dict[str, Any] | None, out_dir: Path, source: Path | No
 GENERATED_FROM = {"cifar10c": ("cifar10", "test")}
 
 
-def read_converted_split(path: Path) -> SplitData:
-    """Images and labels of a split that ``convert`` wrote (.npz or .beton), in file order."""
-    if path.suffix == ".npz":
-        try:
-            with np.load(path) as npz:
-                return SplitData(images=npz["images"], labels=npz["labels"].astype(np.int64))
-        except (OSError, ValueError, KeyError) as exc:
-            raise DatasetError(f"cannot read {path}: {exc}") from None
-    try:
-        from ffcv.loader import Loader, OrderOption
-    except ImportError:
-        raise FastpartError(f"reading {path} needs ffcv (pip install 'fastpart[ffcv]'); or convert with --format npz") from None
-    loader = Loader(str(path), batch_size=1024, num_workers=os.cpu_count() or 1, order=OrderOption.SEQUENTIAL,
-                    drop_last=False, os_cache=True)
-    names = list(loader.reader.handlers)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for batch in loader:
-        for name, values in zip(names, batch):
-            parts[name].append(values.numpy().copy())  # ffcv reuses its batch buffers
-    labels = np.concatenate(parts["label"]).reshape(-1).astype(np.int64)
-    return SplitData(images=np.concatenate(parts["image"]), labels=labels)
-
-
 @dataclass(frozen=True)
 class GenerationSource:
     """The converted split a dataset is generated from."""
@@ -373,6 +351,22 @@ def generation_source(info: DatasetInfo, cfg: ConvertConfig) -> GenerationSource
     return GenerationSource(path, manifest, identity)
 
 
+@contextlib.contextmanager
+def rewriting(out_dir: Path) -> Iterator[None]:
+    """Ready ``out_dir`` for new files (stale temporaries and the old manifest, which no longer describes
+    the files, removed); if the block fails, a folder that this call created is removed again."""
+    created_dir = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        yield
+    except BaseException:
+        if created_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
 def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConfig) -> ConvertResult:
     """cifar10c made by ``fastpart.corruptions`` from a converted cifar10 test split; one file per corruption.
 
@@ -392,17 +386,13 @@ def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertC
         ):
             return ConvertResult(out_dir, manifest, reused=True)
 
-    clean = read_converted_split(source.path)
+    clean = read_split(source.path)
     count = source.identity["count"]
     images, labels = np.ascontiguousarray(clean.images[:count]), clean.labels[:count]
     class_names = list(source.manifest["class_names"])
     validate(ReadResult(splits={"source": SplitData(images, labels)}, class_names=class_names))
 
-    created_dir = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest no longer describes the files
+    with rewriting(out_dir):
         entries: dict[str, Any] = {}
         first: tuple[str, SplitData, Path] | None = None
         for corruption in tqdm(CORRUPTIONS, desc=f"generating {name}", unit="corruption", disable=None):
@@ -424,10 +414,6 @@ def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertC
             approximated=[c.name for c in CORRUPTIONS.values() if c.approximated],
         )
         write_json_atomic(out_dir / MANIFEST, manifest)
-    except BaseException:
-        if created_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
     return ConvertResult(out_dir, manifest, reused=False)
 
 
@@ -457,21 +443,13 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
     data = info.read(source, cfg.generator_options())
     validate(data)
 
-    created_dir = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest no longer describes the files
+    with rewriting(out_dir):
         files = {}
         for split_name, split in data.splits.items():
             files[split_name] = out_dir / f"{split_name}{SUFFIX[cfg.format]}"
             (write_beton if cfg.format == "beton" else write_npz)(files[split_name], split)
         manifest = build_manifest(info, name, data, files, source, cfg)
         write_json_atomic(out_dir / MANIFEST, manifest)
-    except BaseException:
-        if created_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
     return ConvertResult(out_dir, manifest, reused=False)
 
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastpart"
 STAGES = [
     ["errors"],
     ["config", "atomic"],
-    ["arrays"],
+    ["arrays", "splitfiles"],
     ["shapes", "corruptions"],
     ["readers"],
     ["datasets"],
