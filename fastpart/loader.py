@@ -23,6 +23,10 @@ interleaves samples differently and is not used).
 
 The auxiliary tensor (later: the PART eps mask) is looked up by sample index and receives exactly
 the crop and flip of its image. ffcv is imported only where it is used.
+
+``subset`` serves only some rows of the file (e.g. a validation split held out of training, or the
+training split without it): its samples are indexed 0..len(subset)-1 in the order of their rows, and
+the order, augmentation and aux lookup are those of a file holding just these rows.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from fastpart.errors import FastpartError
-from fastpart.splitfiles import SplitArrays, split_path  # noqa: F401  (part of the loader's interface)
-from fastpart.splitfiles import ffcv_field_names, import_ffcv, read_split
+from fastpart.data.splitfiles import (  # noqa: F401
+    check_row_indices, ffcv_field_names, import_ffcv, read_split, split_path,
+)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("auto", "memory", "ffcv")
@@ -170,6 +175,7 @@ class DeviceLoader:
         num_workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        subset: np.ndarray | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -196,22 +202,42 @@ class DeviceLoader:
         self.epoch = 0
         split_bytes = self.path.stat().st_size if self.path.suffix == ".npz" else _beton_split_bytes(self.path)
         self.backend = choose_backend(self.path, backend, self.device, split_bytes)
+        self.subset = None if subset is None else np.unique(np.asarray(subset, dtype=np.int64))
         if self.backend == "memory":
             arrays = read_split(self.path, num_workers)
-            self.images = torch.from_numpy(arrays.images).to(self.device)
-            self.labels = torch.from_numpy(arrays.labels).to(self.device)
-            self.indices = torch.from_numpy(arrays.indices).to(self.device)
-            self.extras = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.extras.items()}
-            self.num_samples = len(arrays.labels)
+            rows = self._check_subset(len(arrays.labels))
+            self.images = torch.from_numpy(arrays.images[rows]).to(self.device)
+            self.labels = torch.from_numpy(arrays.labels[rows]).to(self.device)
+            indices = arrays.indices[rows]
+            if self.subset is not None:  # 0..len(subset)-1, in the order of the samples' own indices
+                indices = np.argsort(np.argsort(indices, kind="stable"), kind="stable")
+            self.indices = torch.from_numpy(indices).to(self.device)
+            self.extras = {k: torch.from_numpy(v[rows]).to(self.device) for k, v in arrays.extras.items()}
+            self.num_samples = len(self.labels)
             self.image_shape = tuple(arrays.images.shape[1:])
         else:
+            check_row_indices(self.path)  # aux and subsets are looked up by the streamed index
             self._ffcv = self._make_ffcv_loader()
-            self.num_samples = len(self._ffcv.indices)
+            total = len(self._ffcv.indices)
+            self._check_subset(total)
+            self.num_samples = total if self.subset is None else len(self.subset)
+            if self.subset is not None:  # the file's sample index (its row) -> the subset's index
+                self._subset_index = torch.full((total,), -1, dtype=torch.int64, device=self.device)
+                self._subset_index[torch.from_numpy(self.subset).to(self.device)] = torch.arange(
+                    len(self.subset), device=self.device)
             meta = self._ffcv.reader.metadata["f0"]
             self.image_shape = (int(meta["height"][0]), int(meta["width"][0]), 3)
         self.aux: torch.Tensor | None = None
         if aux is not None:
             self.set_aux(aux)
+
+    def _check_subset(self, total: int) -> np.ndarray | slice:
+        if self.subset is None:
+            return slice(None)
+        if len(self.subset) == 0 or self.subset[0] < 0 or self.subset[-1] >= total:
+            raise FastpartError(f"a loader subset must name rows of {self.path} (0..{total - 1}), "
+                                f"got {len(self.subset)} rows in [{self.subset.min(initial=0)}, {self.subset.max(initial=0)}]")
+        return self.subset
 
     def _make_ffcv_loader(self):
         import_ffcv()
@@ -271,9 +297,11 @@ class DeviceLoader:
                 rows = order[b * self.batch_size : (b + 1) * self.batch_size]
                 yield self.images[rows], self.labels[rows], self.indices[rows]
         else:
-            self._ffcv.traversal_order.indices = order.numpy().astype(np.uint64)
+            rows = order.numpy() if self.subset is None else self.subset[order.numpy()]
+            self._ffcv.traversal_order.indices = rows.astype(np.uint64)
             for images, labels, indices in self._ffcv:
-                yield images, labels.long(), indices.long()
+                indices = indices.long()
+                yield images, labels.long(), indices if self.subset is None else self._subset_index[indices]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch = self.epoch

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fastpart.datasets import CIFAR10_CLASS_NAMES, ReadResult, SplitData
+from fastpart.data.datasets import CIFAR10_CLASS_NAMES, ReadResult, SplitData
 
 CIFAR10_PYTHON_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_PYTHON_FOLDER = "cifar-10-batches-py"
@@ -334,7 +334,7 @@ def make_cifar10c(
     Returns the expected data: one split per corruption, in CIFAR10C_CORRUPTIONS order, extras
     {"severity": int64 1..5}.
     """
-    from fastpart.datasets import CIFAR10C_CORRUPTIONS
+    from fastpart.data.datasets import CIFAR10C_CORRUPTIONS
 
     rng = _rng(seed)
     n = 5 * n_per_severity

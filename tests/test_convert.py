@@ -17,10 +17,10 @@ from formats import (
     write_random_bytes,
 )
 
-import fastpart.convert as convert_module
-from fastpart import datasets
+import fastpart.data.convert as convert_module
+from fastpart.data import datasets
 from fastpart.cli import main
-from fastpart.datasets import ReadResult, SourceFile, file_checksum
+from fastpart.data.datasets import ReadResult, SourceFile, file_checksum
 from fastpart.loader import read_split
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -93,7 +93,7 @@ def test_cifar10c_one_file_per_corruption_with_severity(tmp_path):
 
 def test_shapes_with_ground_truth_masks_and_options(tmp_path):
     assert run("shapes", "--n-train", 60, "--n-test", 20, "--seed", 3, "--out", tmp_path / "data") == 0
-    from fastpart.shapes import generate
+    from fastpart.data.shapes import generate
 
     manifest = assert_converted(tmp_path / "data" / "shapes", generate(60, 20, seed=3))
     assert manifest["options"] == {"n_train": 60, "n_test": 20, "seed": 3}

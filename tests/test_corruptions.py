@@ -10,11 +10,11 @@ import pytest
 from formats import make_cifar10_python
 
 from fastpart.cli import main
-from fastpart.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generate_cifar10c
-from fastpart.datasets import CIFAR10C_CORRUPTIONS
+from fastpart.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generate_cifar10c
+from fastpart.data.datasets import CIFAR10C_CORRUPTIONS
 from fastpart.errors import DatasetError, FastpartError
 from fastpart.loader import read_split, split_path
-from fastpart.shapes import generate_split
+from fastpart.data.shapes import generate_split
 
 # Published parameters that grow in strength with severity, so the change they make should grow too.
 STRICTLY_STRONGER = (
@@ -70,7 +70,7 @@ def test_same_seed_same_bytes_other_seed_differs_for_random_corruptions(images):
 
 
 def test_each_chunk_of_images_has_its_own_random_stream(images, monkeypatch):
-    import fastpart.corruptions as corruptions
+    import fastpart.data.corruptions as corruptions
 
     whole = corrupt(images, "gaussian_noise", 2, seed=1)
     monkeypatch.setattr(corruptions, "CHUNK", 16)

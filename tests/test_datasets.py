@@ -40,7 +40,7 @@ from formats import (
     write_random_bytes,
 )
 
-from fastpart.datasets import (
+from fastpart.data.datasets import (
     CIFAR10_CLASS_NAMES,
     DATASETS,
     DatasetInfo,
@@ -49,7 +49,7 @@ from fastpart.datasets import (
     file_checksum,
     get_dataset,
 )
-from fastpart.readers import (
+from fastpart.data.readers import (
     read_cifar10,
     read_cifar10c,
     read_imagefolder,
@@ -647,8 +647,8 @@ def test_cifar10c_truncated_tar(tmp_path):
 
 
 def test_shapes_reads_generator():
-    pytest.importorskip("fastpart.shapes")
-    from fastpart import shapes
+    pytest.importorskip("fastpart.data.shapes")
+    from fastpart.data import shapes
 
     result = read("shapes", None, {"n_train": 20, "n_test": 10, "seed": 1})
     expected = shapes.generate(n_train=20, n_test=10, seed=1)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastpart.convert import write_beton, write_npz
-from fastpart.datasets import SplitData
+from fastpart.data.convert import write_beton, write_npz
+from fastpart.data.datasets import SplitData
 from fastpart.errors import FastpartError
 from fastpart.loader import (
     Augment,
@@ -20,7 +20,7 @@ from fastpart.loader import (
     read_split,
     split_path,
 )
-from fastpart.shapes import generate_split
+from fastpart.data.shapes import generate_split
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from fastpart.datasets import ReadResult
+from fastpart.data.datasets import ReadResult
 from fastpart.errors import DatasetError
-from fastpart.shapes import CLASS_NAMES, generate, generate_split
+from fastpart.data.shapes import CLASS_NAMES, generate, generate_split
 
 N_CLASSES = 10
 

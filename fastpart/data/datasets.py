@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastpart.arrays import ReadResult, SplitData
-from fastpart.errors import DatasetError
-from fastpart.readers import (
+from fastpart.data.arrays import ReadResult, SplitData
+from fastpart.data.readers import (
     CIFAR10_CLASS_NAMES,
     CIFAR10C_CORRUPTIONS,
     Reader,
-    file_checksum,
     read_cifar10,
     read_cifar10c,
     read_imagefolder,
@@ -22,6 +20,8 @@ from fastpart.readers import (
     read_svhn,
     read_tinyimagenet,
 )
+from fastpart.data.sources import file_checksum
+from fastpart.errors import DatasetError
 
 __all__ = [
     "CIFAR10_CLASS_NAMES", "CIFAR10C_CORRUPTIONS", "DATASETS", "DatasetInfo", "ReadResult", "SourceFile",

@@ -8,14 +8,13 @@ is written atomically and the manifest last: a manifest whose checksums match th
 the proof that a conversion finished, which makes conversion idempotent and crash-safe.
 
 ``cifar10c`` can also be generated (``--generate-from cifar10``) from a converted CIFAR-10 test
-split by ``fastpart.corruptions``; its manifest then says ``"generated": true, "official": false``.
+split by ``fastpart.data.corruptions``; its manifest then says ``"generated": true, "official": false``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import shutil
 import time
 import urllib.request
@@ -27,15 +26,14 @@ import numpy as np
 from tqdm import tqdm
 
 import fastpart
-from fastpart.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+from fastpart.atomic import atomic_path, hold, remove_stale_temporaries, write_json_atomic
 from fastpart.config import ConvertConfig
-from fastpart.corruptions import CORRUPTIONS, generate_cifar10c
-from fastpart.datasets import DatasetInfo, ReadResult, SourceFile, SplitData, file_checksum, get_dataset
+from fastpart.data.corruptions import CORRUPTIONS, generate_cifar10c
+from fastpart.data.datasets import DatasetInfo, ReadResult, SourceFile, SplitData, file_checksum, get_dataset
 from fastpart.errors import DatasetError, FastpartError
-from fastpart.splitfiles import read_split
+from fastpart.data.splitfiles import MANIFEST, load_manifest, read_split, write_beton, write_npz
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SUFFIX = {"beton": ".beton", "npz": ".npz"}
 
 
@@ -116,6 +114,8 @@ def resolve_source(info: DatasetInfo, cfg: ConvertConfig) -> Path | None:
         source = Path(cfg.source)
         if not source.exists():
             raise DatasetError(f"source not found: {source}")
+        if not (source.is_file() or source.is_dir()):  # a FIFO or a device would block or never end
+            raise DatasetError(f"source is neither a regular file nor a folder: {source}")
         if cfg.checksum:
             check_checksum(source, cfg.checksum)
         return source
@@ -160,53 +160,7 @@ def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(labels, minlength=num_classes).tolist()
 
 
-class _Rows:
-    """Indexable (image, label, index, *extras) rows, as ffcv's DatasetWriter reads them."""
-
-    def __init__(self, split: SplitData) -> None:
-        self.split = split
-        self.extra_names = list(split.extras)
-
-    def __len__(self) -> int:
-        return len(self.split.images)
-
-    def __getitem__(self, i: int) -> tuple:
-        s = self.split
-        return (s.images[i], int(s.labels[i]), i, *(s.extras[name][i] for name in self.extra_names))
-
-
-def _ffcv_fields(split: SplitData) -> dict[str, Any]:
-    from ffcv.fields import FloatField, IntField, NDArrayField, RGBImageField
-
-    fields: dict[str, Any] = {"image": RGBImageField(write_mode="raw"), "label": IntField(), "index": IntField()}
-    for name, values in split.extras.items():
-        if values.ndim == 1:
-            fields[name] = IntField() if np.issubdtype(values.dtype, np.integer) else FloatField()
-        else:
-            fields[name] = NDArrayField(dtype=values.dtype, shape=values.shape[1:])
-    return fields
-
-
-def write_beton(path: Path, split: SplitData, num_workers: int = 2) -> None:
-    try:
-        from ffcv.writer import DatasetWriter
-    except ImportError:
-        raise FastpartError("writing .beton needs ffcv (pip install 'fastpart[ffcv]'); or use --format npz") from None
-    page_size = 1 << 21  # ffcv's minimum; its default (8 MiB) bloats small files
-    while page_size < 4 * split.images[0].nbytes:
-        page_size <<= 1
-    with atomic_path(path) as tmp:
-        writer = DatasetWriter(str(tmp), _ffcv_fields(split), page_size=page_size, num_workers=num_workers)
-        writer.from_indexed_dataset(_Rows(split), chunksize=1000)
-
-
-def write_npz(path: Path, split: SplitData) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=split.images, labels=split.labels, **split.extras)
-
-
-def split_manifest(name: str, split: SplitData, file: Path, num_classes: int) -> dict[str, Any]:
+def split_manifest(split: SplitData, file: Path, num_classes: int) -> dict[str, Any]:
     return {
         "file": file.name,
         "count": int(len(split.labels)),
@@ -236,13 +190,14 @@ def build_manifest(
         "mean": mean,
         "std": std,
         "stats_split": "train" if "train" in data.splits else next(iter(data.splits)),
-        "splits": {s: split_manifest(s, data.splits[s], files[s], len(data.class_names)) for s in data.splits},
+        "splits": {s: split_manifest(data.splits[s], files[s], len(data.class_names)) for s in data.splits},
         "source": {
             "path": str(source) if source else None,
             "fingerprint": fingerprint(source) if source else None,
             "official": is_official(info, source),
         },
         "options": dict(cfg.generator_options()),
+        "dropped": dict(data.dropped),  # what the source held that the splits do not (see readers)
     }
 
 
@@ -262,14 +217,6 @@ def validate(data: ReadResult) -> None:
 # ---------------------------------------------------------------------------------------------
 # Reuse
 # ---------------------------------------------------------------------------------------------
-
-
-def load_manifest(out_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a converted dataset folder; None where there is none or it is unreadable."""
-    try:
-        return json.loads((out_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def is_current(manifest: dict[str, Any] | None, out_dir: Path, source: Path | None, cfg: ConvertConfig) -> bool:
@@ -368,7 +315,7 @@ def rewriting(out_dir: Path) -> Iterator[None]:
 
 
 def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConfig) -> ConvertResult:
-    """cifar10c made by ``fastpart.corruptions`` from a converted cifar10 test split; one file per corruption.
+    """cifar10c made by ``fastpart.data.corruptions`` from a converted cifar10 test split; one file per corruption.
 
     Each corruption is generated and written in turn (memory holds one split at a time); the manifest,
     written last, marks the data as generated: ``generated``, ``generated_from`` (source split and its
@@ -399,7 +346,7 @@ def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertC
             split = generate_cifar10c(images, labels, seed, names=[corruption])[corruption]
             file = out_dir / f"{corruption}{SUFFIX[cfg.format]}"
             (write_beton if cfg.format == "beton" else write_npz)(file, split)
-            entries[corruption] = split_manifest(corruption, split, file, len(class_names))
+            entries[corruption] = split_manifest(split, file, len(class_names))
             first = first or (corruption, split, file)
         assert first is not None
         data = ReadResult(splits={first[0]: first[1]}, class_names=class_names)
@@ -423,18 +370,26 @@ def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertC
 
 
 def convert(cfg: ConvertConfig) -> ConvertResult:
-    """Convert ``cfg.dataset`` into ``<cfg.out>/<name>/``; reuse a current conversion unless forced."""
+    """Convert ``cfg.dataset`` into ``<cfg.out>/<name>/``; reuse a current conversion unless forced.
+
+    One conversion at a time per output folder: the whole conversion holds ``<cfg.out>/.<name>.lock``
+    (beside the folder, which a failed conversion removes); a second one gets ``FolderBusy``."""
     info = get_dataset(cfg.dataset)
     if cfg.format not in SUFFIX:
         raise FastpartError(f"unknown format {cfg.format!r}; choose from {', '.join(SUFFIX)}")
+    if cfg.generate_from is None and cfg.data_dir is not None:
+        raise FastpartError("--data-dir goes with --generate-from only")
     name = cfg.name or info.name
     out_dir = Path(cfg.out) / name
-    if cfg.generate_from is not None:
-        return convert_generated(info, name, out_dir, cfg)
-    if cfg.data_dir is not None:
-        raise FastpartError("--data-dir goes with --generate-from only")
-    source = resolve_source(info, cfg)
+    with hold(Path(cfg.out) / f".{name}.lock", f"the output folder {out_dir}"):
+        if cfg.generate_from is not None:
+            return convert_generated(info, name, out_dir, cfg)
+        return convert_source(info, name, out_dir, cfg)
 
+
+def convert_source(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConfig) -> ConvertResult:
+    """Read the dataset's source (or generate it), validate it, then write it; the caller holds the folder."""
+    source = resolve_source(info, cfg)
     if not cfg.force:
         manifest = load_manifest(out_dir)
         if is_current(manifest, out_dir, source, cfg):
@@ -453,13 +408,27 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
     return ConvertResult(out_dir, manifest, reused=False)
 
 
+def dropped_text(dropped: Mapping[str, Any]) -> str:
+    """What a conversion left out of its source, in words ("" when nothing)."""
+    parts = []
+    if dropped.get("alpha_channels"):
+        n = dropped["alpha_channels"]
+        parts.append(f"the alpha channel (transparency) of {n} image{'s' if n != 1 else ''}")
+    if dropped.get("empty_class_folders"):
+        folders = dropped["empty_class_folders"]
+        shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+        parts.append(f"{len(folders)} class folder{'s' if len(folders) != 1 else ''} without images ({shown})")
+    return "; dropped " + " and ".join(parts) if parts else ""
+
+
 def summary(result: ConvertResult) -> str:
     m = result.manifest
     counts = ", ".join(f"{s} {e['count']:,}" for s, e in m["splits"].items())
     verb = "up to date" if result.reused else "converted"
+    dropped = dropped_text(m.get("dropped", {}))
     shape = "x".join(map(str, m["image_shape"]))
     note = "; source is not byte-identical to the official file" if m["source"].get("official") is False else ""
     if m.get("generated_from"):
         g = m["generated_from"]
         note = f"; generated from {g['name']} {g['split']} with seed {m['seed']}, not the official files"
-    return f"{m['name']}: {verb} in {result.out_dir} ({counts}; {m['num_classes']} classes; {shape}{note})"
+    return f"{m['name']}: {verb} in {result.out_dir} ({counts}; {m['num_classes']} classes; {shape}{note}{dropped})"

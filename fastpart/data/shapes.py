@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 
-from fastpart.arrays import ReadResult, SplitData
+from fastpart.data.arrays import ReadResult, SplitData
 from fastpart.errors import DatasetError
 
 CLASS_NAMES: tuple[str, ...] = (
