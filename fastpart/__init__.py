@@ -1,3 +1,74 @@
-"""fastpart: fast, tested Pixel-reweighted Adversarial Training (PART) and its baselines."""
+"""fastpart: fast, tested Pixel-reweighted Adversarial Training (PART, ICML 2024) and its baselines.
+
+The public API (``__all__``), for use in your own training loops; every name is loaded on first use, so
+``import fastpart`` costs nothing until then (``fastpart --version`` stays fast):
+
+    data      DeviceLoader, Augment             seeded batches of a converted split on the device
+              read_split, split_path            a converted split in host memory; its file
+    model     create_model, MODELS              fastpart's CIFAR networks or any timm model
+    masks     MaskSettings, part_budget         PART's per-pixel budget of a batch (CAM -> EpsLevels)
+              split_levels, eps_levels          ... of a whole split; CAMs -> levels
+              class_activation_maps             batched GradCAM / XGradCAM / LayerCAM
+    attack    EpsLevels, pgd, apgd, mma         mask-weighted PGD, APGD, the minimum-margin attack
+              robust_accuracy, robust_correct   what counts as robust (one definition)
+    objective get_objective, attack_loss_fn,    AT / TRADES / MART losses; the methods (PART, PART-T, ...)
+              natural_probs, METHODS
+    runs      TrainConfig, EvalConfig, ConvertConfig, convert, train, evaluate, load_run
+    errors    FastpartError                     every error meant for users: one line
+
+Units: images are float tensors in [0, 1], (B, 3, H, W); budgets (eps) are in the same units (8/255).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "DeviceLoader": "fastpart.loader",
+    "Augment": "fastpart.loader",
+    "read_split": "fastpart.data.splitfiles",
+    "split_path": "fastpart.data.splitfiles",
+    "create_model": "fastpart.models",
+    "MODELS": "fastpart.models",
+    "MaskSettings": "fastpart.masks",
+    "eps_levels": "fastpart.masks",
+    "part_budget": "fastpart.part",
+    "split_levels": "fastpart.part",
+    "class_activation_maps": "fastpart.cam",
+    "EpsLevels": "fastpart.kernels",
+    "pgd": "fastpart.attacks.pgd",
+    "apgd": "fastpart.attacks.apgd",
+    "mma": "fastpart.attacks.mma",
+    "robust_accuracy": "fastpart.attacks.robust",
+    "robust_correct": "fastpart.attacks.robust",
+    "get_objective": "fastpart.objectives",
+    "attack_loss_fn": "fastpart.objectives",
+    "natural_probs": "fastpart.objectives",
+    "METHODS": "fastpart.objectives",
+    "TrainConfig": "fastpart.config",
+    "EvalConfig": "fastpart.config",
+    "ConvertConfig": "fastpart.config",
+    "convert": "fastpart.data.convert",
+    "train": "fastpart.training",
+    "evaluate": "fastpart.evaluation",
+    "load_run": "fastpart.runs",
+    "FastpartError": "fastpart.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastpart' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -38,13 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastpart.config import CAM_BACKENDS, CAM_METHODS
 from fastpart.errors import FastpartError
 from fastpart.models import find_cam_layer
 
 __all__ = ["CAM_BACKENDS", "CAM_METHODS", "class_activation_maps", "feeds_gap_linear", "predicted_targets"]
 
-CAM_METHODS: tuple[str, ...] = ("gradcam", "xgradcam", "layercam")
-CAM_BACKENDS: tuple[str, ...] = ("native", "grad-cam")
 
 GAP_LINEAR_ATTR = "cam_layer_feeds_gap_linear"
 XGRADCAM_EPS = 1e-7

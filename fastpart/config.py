@@ -7,7 +7,7 @@ rest of fastpart, so every stage may depend on it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,8 @@ class ConvertConfig:
 
 
 @dataclass(frozen=True)
-class LoaderConfig:
-    backend: str = "auto"
-    batch_size: int = 128
-    device: str = "cpu"
-    precision: str = "fp32"
-    seed: int = 0
-    num_workers: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class TrainConfig:
-    """Training settings; ``None`` means the dataset's paper default (``datasets.TrainDefaults``)."""
+    """Training settings; ``None`` means the dataset's paper default (``fastpart.data.datasets.TrainDefaults``)."""
 
     dataset: str = "shapes"
     data_dir: str = "data"
@@ -83,16 +70,60 @@ class TrainConfig:
     eval_every: int = 0
     eval_n: int | None = None
     eval_steps: int = 20
+    ema: float | None = None  # decay of the weight average (None: no average)
+    val_n: int = 0  # training images held out for validation (0: none)
+    val_every: int = 1
+    val_steps: int = 10
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
     loader: str = "auto"
     workers: int = 0
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode of --compile and --compile-attack (reduce-overhead: CUDA graphs)
+    compile_attack: bool = False  # the whole PGD attack as one compiled graph
+    tensorboard: bool = False  # also write <out>/tensorboard/ event files
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> "TrainConfig":
+        """The config of a ``to_dict`` (e.g. a run's config.json); unknown keys are ignored, lists become tuples."""
+        known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
+        if known.get("milestones") is not None:
+            known["milestones"] = tuple(known["milestones"])
+        return cls(**known)
+
+
+# The choices users make by name, here so that the command line parses without importing torch.
+CAM_METHODS: tuple[str, ...] = ("gradcam", "xgradcam", "layercam")  # fastpart.cam
+CAM_BACKENDS: tuple[str, ...] = ("native", "grad-cam")
+MASK_MODES = ("paper", "reference")  # fastpart.masks
+INTERPOLATIONS = ("bicubic", "bilinear")
+TARGETS = ("pred", "label")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+class Method(NamedTuple):
+    """A training method: its base objective (fastpart.objectives), and whether PGD runs inside PART's
+    per-pixel budget."""
+
+    objective: str
+    pixel_reweighted: bool
+
+
+METHODS: dict[str, Method] = {
+    "at": Method("at", False),
+    "trades": Method("trades", False),
+    "mart": Method("mart", False),
+    "part": Method("at", True),
+    "part-trades": Method("trades", True),
+    "part-mart": Method("mart", True),
+}
+TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
+BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
 
@@ -103,7 +134,13 @@ class EvalConfig:
 
     run: str
     attacks: tuple[str, ...] = DEFAULT_EVAL_ATTACKS
+    checkpoint: str = "last"  # last, best, or a state-dict file fastpart did not write (then model and dataset)
+    weights: str = "live"  # live or ema
+    model: str | None = None  # a plain state dict's architecture
+    dataset: str | None = None  # ... and the converted dataset it is evaluated on
+    normalize: str | None = None  # ... and its input normalisation: MEAN/STD (3 values each) or a dataset name
     n: int | None = None
+    aa_n: int | None = None  # AutoAttack items on a seeded subset of this many of the evaluated images
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"

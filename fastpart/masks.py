@@ -6,7 +6,7 @@ and never computes a CAM itself: it receives CAM tensors (``eps_levels``) or a c
 
 Two mask modes (``MaskSettings.mode``):
 
-* ``paper`` (default; SPEC "The mask (Pixel-AG)"): the raw CAM L (B, h, w) is upsampled to the
+* ``paper`` (default; the paper's Pixel-AG mask, Sec. 3): the raw CAM L (B, h, w) is upsampled to the
   image size with ``torch.nn.functional.interpolate`` (``bicubic`` or ``bilinear``,
   ``align_corners=False``), standardised per image, z = (L - mean L) / std L with the *population*
   std (ddof = 0, numpy's ``np.std`` convention, which the released code uses), and a pixel is
@@ -31,47 +31,32 @@ Two mask modes (``MaskSettings.mode``):
   a float32 ndarray unscaled; current torchvision (0.29) turns it into uint8 first (and ``** 2`` would
   then wrap around), so the released code must not be re-run on a current torchvision for comparison.
 
-``eps_map`` turns levels into the per-element budget used by mask-weighted PGD.
+Levels become the per-element budget of mask-weighted PGD as ``fastpart.kernels.EpsLevels(levels, eps,
+eps_low)`` (``eps_from_levels`` expands them to floats).
 
 Schedule: ``refresh_epochs`` lists the 0-based epochs before which the masks of the whole training
-split are recomputed (end of burn-in, then every ``mask_freq`` epochs); ``mask_epoch_for`` says which
-refresh an epoch uses. ``compute_split_levels`` computes a whole split's levels on the device from
-the un-augmented images.
-
-Cache: ``MaskCache`` stores one split's levels per key (``cache_key``: dataset identity, model
-weights, settings, budgets) in ``<folder>/<key>.masks``: an 8-byte magic, an 8-byte little-endian
-header length, a JSON header (key, shape, row bytes, crc32, settings, stats), zero padding to a
-64-byte boundary, then the levels bit-packed per sample (``np.packbits`` layout, big-endian bit
-order, each sample's C*H*W bits padded to whole bytes). Files are written atomically and read
-through ``np.memmap``; a truncated or corrupt file raises ``FastpartError``.
+split are recomputed (end of burn-in, then every ``mask_freq`` epochs). ``compute_split_levels``
+computes a whole split's levels on the device from the un-augmented images. Their on-disk cache is
+``fastpart.maskcache``; the training-side plumbing (CAM function, refresh, per-batch budget) is
+``fastpart.part``.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
-import hashlib
-import json
 import math
-import re
-import struct
 import time
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastpart.atomic import atomic_path
+from fastpart.config import INTERPOLATIONS, MASK_MODES, TARGETS
 from fastpart.errors import FastpartError
 
-MASK_MODES = ("paper", "reference")
-INTERPOLATIONS = ("bicubic", "bilinear")
-TARGETS = ("pred", "label")
 
 JET_SIZE = 256  # matplotlib's default lut size (rcParams["image.lut"]), as cm.get_cmap('jet') gives it
 TORCHCAM_EPS = 1e-8  # torchcam's _CAM._normalize: cams /= cams.max() + eps
@@ -81,7 +66,9 @@ CamFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 @dataclass(frozen=True)
 class MaskSettings:
-    """How CAMs become masks. ``target``: the CAM's class, the prediction (``pred``) or the label."""
+    """How CAMs become masks. ``target``: the CAM's class, the prediction (``pred``) or the label;
+    ``cam``/``backend``/``layer``: the CAM method, its implementation (``fastpart.cam.CAM_BACKENDS``) and
+    the module it explains."""
 
     mode: str = "paper"
     tau: float = 1.0
@@ -89,6 +76,7 @@ class MaskSettings:
     cam: str = "gradcam"
     target: str = "pred"
     layer: str | None = None  # the CAM layer's module name; None: the model's default
+    backend: str = "native"
 
     def __post_init__(self) -> None:
         if self.mode not in MASK_MODES:
@@ -101,6 +89,8 @@ class MaskSettings:
             raise FastpartError(f"mask target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if not isinstance(self.cam, str) or not self.cam:
             raise FastpartError(f"mask cam must be a method name, got {self.cam!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise FastpartError(f"mask cam backend must be a backend name, got {self.backend!r}")
         if not math.isfinite(float(self.tau)):
             raise FastpartError(f"mask tau must be finite, got {self.tau!r}")
 
@@ -323,18 +313,6 @@ def eps_levels(cams: torch.Tensor, size: tuple[int, int], settings: MaskSettings
     return _reference_levels(cams, size, settings)
 
 
-def eps_map(levels: torch.Tensor, eps: float, eps_low: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Levels uint8 (B, C, H, W) -> the budget per element: exactly ``eps`` where 1, ``eps_low`` where 0.
-
-    The result has the levels' shape, so C = 1 broadcasts against (B, 3, H, W) images.
-    """
-    if levels.ndim != 4:
-        raise FastpartError(f"levels must be (B, C, H, W), got {tuple(levels.shape)}")
-    hi = torch.tensor(eps, dtype=dtype, device=levels.device)
-    lo = torch.tensor(eps_low, dtype=dtype, device=levels.device)
-    return torch.where(levels != 0, hi, lo)
-
-
 # ---------------------------------------------------------------------------------------------
 # Schedule
 # ---------------------------------------------------------------------------------------------
@@ -351,212 +329,6 @@ def refresh_epochs(epochs: int, burn_in: int, mask_freq: int) -> list[int]:
     if mask_freq == 0 or burn_in >= epochs:
         return []
     return list(range(burn_in, epochs, mask_freq))
-
-
-def mask_epoch_for(epoch: int, schedule: list[int]) -> int | None:
-    """The refresh epoch whose masks ``epoch`` uses: the latest one <= epoch (None before the first)."""
-    pos = bisect.bisect_right(schedule, epoch)
-    return schedule[pos - 1] if pos else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache key
-# ---------------------------------------------------------------------------------------------
-
-
-def _update_tensor(h: Any, name: str, tensor: torch.Tensor) -> None:
-    t = tensor.detach().to("cpu").contiguous()
-    h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
-    raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-    h.update(raw.numpy().data)
-
-
-def cache_key(
-    manifest_sha: str,
-    model_state: dict[str, torch.Tensor],
-    settings: MaskSettings,
-    eps: float,
-    eps_low: float,
-) -> str:
-    """sha256 hex of the dataset identity, every model tensor (name, dtype, shape, bytes in key order), settings, budgets."""
-    h = hashlib.sha256(b"fastpart-masks-v1\n")
-    h.update(f"dataset|{manifest_sha}\n".encode())
-    for name, tensor in model_state.items():
-        if isinstance(tensor, torch.Tensor):
-            _update_tensor(h, name, tensor)
-        else:
-            h.update(f"{name}|{tensor!r}\n".encode())
-    h.update(json.dumps(settings.key_fields(), sort_keys=True).encode())
-    h.update(f"|eps={float(eps).hex()}|eps_low={float(eps_low).hex()}".encode())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Bit packing (torch, on any device; the np.packbits layout)
-# ---------------------------------------------------------------------------------------------
-
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
-
-
-def pack_levels(levels: torch.Tensor) -> torch.Tensor:
-    """(N, ...) uint8 in {0, 1} -> (N, ceil(per_sample / 8)) uint8, as np.packbits(axis=1) of the flattened samples."""
-    flat = levels.reshape(levels.shape[0], -1).to(torch.uint8)
-    pad = (-flat.shape[1]) % 8
-    if pad:
-        flat = F.pad(flat, (0, pad))
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.int16, device=flat.device)
-    return (flat.view(flat.shape[0], -1, 8).to(torch.int16) * weights).sum(dim=-1).to(torch.uint8)
-
-
-def unpack_levels(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of ``pack_levels``: (N, row_bytes) uint8 -> uint8 of ``shape`` = (N, ...)."""
-    n = shape[0]
-    per = math.prod(shape[1:])
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
-    bits = torch.bitwise_and(torch.bitwise_right_shift(packed.unsqueeze(-1), shifts), 1)
-    return bits.reshape(n, -1)[:, :per].reshape(shape).contiguous()
-
-
-# ---------------------------------------------------------------------------------------------
-# On-disk cache
-# ---------------------------------------------------------------------------------------------
-
-_MAGIC = b"FPMASKS1"
-_PREFIX = struct.Struct("<8sQ")
-_ALIGN = 64
-_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_PACK_CHUNK = 8192  # samples packed per step on the device
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.generic, torch.Tensor)):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-class MaskCache:
-    """The levels of whole splits on disk, one bit-packed, memory-mapped file per key (module docstring)."""
-
-    suffix = ".masks"
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-
-    def path(self, key: str) -> Path:
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise FastpartError(f"invalid mask cache key {key!r}")
-        return self.folder / f"{key}{self.suffix}"
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def save(
-        self,
-        key: str,
-        levels: np.ndarray | torch.Tensor,
-        stats: dict[str, Any],
-        settings: MaskSettings | None = None,
-    ) -> Path:
-        """Write levels (N, C, H, W) uint8 in {0, 1} under ``key``, atomically; return the file's path."""
-        dest = self.path(key)
-        tensor = torch.from_numpy(np.ascontiguousarray(levels)) if isinstance(levels, np.ndarray) else levels
-        if tensor.ndim != 4 or tensor.dtype not in (torch.uint8, torch.bool):
-            raise FastpartError(f"levels must be uint8 (N, C, H, W), got {tensor.dtype} {tuple(tensor.shape)}")
-        if tensor.numel() and int(tensor.max()) > 1:
-            raise FastpartError("levels must be 0 or 1")
-        shape = tuple(int(s) for s in tensor.shape)
-        packed = np.concatenate(
-            [pack_levels(tensor[s : s + _PACK_CHUNK]).cpu().numpy() for s in range(0, shape[0], _PACK_CHUNK)]
-            or [np.zeros((0, (math.prod(shape[1:]) + 7) // 8), np.uint8)]
-        )
-        header = {
-            "format": "fastpart-masks",
-            "version": 1,
-            "key": key,
-            "shape": list(shape),
-            "row_bytes": int(packed.shape[1]),
-            "bit_order": "big",
-            "crc32": zlib.crc32(packed.data),
-            "settings": settings.key_fields() if settings is not None else None,
-            "stats": stats,
-        }
-        text = json.dumps(header, default=_json_default).encode()
-        offset = _data_offset(len(text))
-        with atomic_path(dest) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(_PREFIX.pack(_MAGIC, len(text)))
-                f.write(text)
-                f.write(b"\0" * (offset - _PREFIX.size - len(text)))
-                f.write(packed.data)
-        return dest
-
-    def header(self, key: str) -> dict[str, Any]:
-        """The file's JSON header, checked against the file's size; FastpartError if missing or corrupt."""
-        path = self.path(key)
-        if not path.is_file():
-            raise FastpartError(f"no cached masks for key {key[:12]}… in {self.folder}")
-        size = path.stat().st_size
-        try:
-            with open(path, "rb") as f:
-                magic, length = _PREFIX.unpack(f.read(_PREFIX.size))
-                if magic != _MAGIC or length > size:
-                    raise ValueError("bad magic or header length")
-                header = json.loads(f.read(length))
-            shape = tuple(int(s) for s in header["shape"])
-            row_bytes = int(header["row_bytes"])
-            if header.get("key") != key or len(shape) != 4 or row_bytes != (math.prod(shape[1:]) + 7) // 8:
-                raise ValueError("header does not match")
-        except (ValueError, KeyError, TypeError, struct.error) as exc:
-            raise FastpartError(f"corrupt mask cache file {path} ({exc}); delete it to recompute") from None
-        header["data_offset"] = _data_offset(length)
-        expected = header["data_offset"] + shape[0] * row_bytes
-        if size != expected:
-            raise FastpartError(
-                f"corrupt mask cache file {path}: {size} bytes, expected {expected} (truncated?); delete it to recompute"
-            )
-        return header
-
-    def open_packed(self, key: str) -> np.ndarray:
-        """The packed levels (N, row_bytes) uint8 as a read-only ``np.memmap`` (nothing read yet)."""
-        header = self.header(key)
-        n, row_bytes = header["shape"][0], header["row_bytes"]
-        if n == 0:
-            return np.zeros((0, row_bytes), dtype=np.uint8)
-        return np.memmap(self.path(key), dtype=np.uint8, mode="r", offset=header["data_offset"], shape=(n, row_bytes))
-
-    def load(self, key: str, device: torch.device | str = "cpu", verify: bool = True) -> torch.Tensor:
-        """Levels uint8 (N, C, H, W) in {0, 1} on ``device`` (unpacked there); FastpartError if missing or corrupt."""
-        header = self.header(key)
-        packed = self.open_packed(key)
-        if verify and zlib.crc32(packed) != header["crc32"]:
-            raise FastpartError(f"corrupt mask cache file {self.path(key)} (checksum mismatch); delete it to recompute")
-        shape = tuple(header["shape"])
-        out = torch.empty(shape, dtype=torch.uint8, device=device)
-        for s in range(0, shape[0], _PACK_CHUNK):
-            chunk = torch.from_numpy(np.array(packed[s : s + _PACK_CHUNK])).to(device)
-            out[s : s + chunk.shape[0]] = unpack_levels(chunk, (chunk.shape[0],) + shape[1:])
-        del packed
-        return out
-
-    def stats(self, key: str) -> dict[str, Any]:
-        return self.header(key)["stats"]
-
-    def keys(self) -> list[str]:
-        return sorted(p.name[: -len(self.suffix)] for p in self.folder.glob(f"*{self.suffix}") if p.is_file())
-
-    def prune(self, keep: set[str]) -> None:
-        """Delete every other key's file (old masks) and temporaries left by a killed writer."""
-        if not self.folder.is_dir():
-            return
-        for key in self.keys():
-            if key not in keep:
-                (self.folder / f"{key}{self.suffix}").unlink(missing_ok=True)
-        for tmp in self.folder.glob(f".*{self.suffix}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-def _data_offset(header_length: int) -> int:
-    return -(-(_PREFIX.size + header_length) // _ALIGN) * _ALIGN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,19 +397,14 @@ def compute_split_levels(
 __all__ = [
     "INTERPOLATIONS",
     "MASK_MODES",
-    "MaskCache",
+    "TARGETS",
     "MaskSettings",
-    "cache_key",
     "compute_split_levels",
     "eps_levels",
-    "eps_map",
     "jet_indices",
     "jet_table",
-    "mask_epoch_for",
-    "pack_levels",
     "pil_resample_taps",
     "pil_resize",
     "refresh_epochs",
     "torchcam_normalize",
-    "unpack_levels",
 ]

@@ -21,8 +21,12 @@ beta = 6 for TRADES and MART. The numerics follow the authors' code: yaodongyu/T
 top-2 trick for y'). KL terms use torch's convention 0 * log 0 = 0. Logits are cast to float32 first, so
 bf16 logits (autocast) give float32 losses.
 
-PGD starts (SPEC): uniform in the eps box for AT and MART, x + 0.001 N(0, 1) for TRADES. (MART's mart.py
-itself starts from 0.001 N(0, 1); fastpart follows the SPEC.)
+PGD starts: uniform in the eps box for AT and MART (Madry et al.; the PART paper's Algorithm 1),
+x + 0.001 N(0, 1) for TRADES (trades.py). (MART's mart.py itself starts from 0.001 N(0, 1); fastpart
+follows the PART paper.)
+
+Methods (``METHODS``): at, trades, mart, and their pixel-reweighted versions part, part-trades, part-mart
+(PART, PART-T, PART-M: the same objective, PGD inside PART's per-pixel budget after the burn-in).
 
 Example:
     objective = get_objective("trades")
@@ -40,6 +44,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from fastpart.config import METHODS, Method  # noqa: F401  (the methods built on these objectives)
 from fastpart.errors import FastpartError
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -95,15 +100,17 @@ def _require(tensor: torch.Tensor | None, what: str, objective: str) -> torch.Te
     return tensor
 
 
-# ---- attack losses: (logits_adv, y, natural_probs | None) -> scalar sum over the batch ------------------
+# ---- attack losses: (logits_adv, y, natural_probs | None) -> per-sample losses (B,) ---------------------
+# (the attacks' loss contract, fastpart.attacks.losses: PGD ascends their sum)
 
 
 def ce_attack(logits_adv: torch.Tensor, y: torch.Tensor, probs_nat: torch.Tensor | None = None) -> torch.Tensor:
-    return F.cross_entropy(logits_adv.float(), y, reduction="sum")
+    return F.cross_entropy(logits_adv.float(), y, reduction="none")
 
 
 def trades_attack(logits_adv: torch.Tensor, y: torch.Tensor, probs_nat: torch.Tensor | None) -> torch.Tensor:
-    return kl_sum(logits_adv, _require(probs_nat, "natural probabilities for its attack", "trades"))
+    probs = _require(probs_nat, "natural probabilities for its attack", "trades").float()
+    return F.kl_div(F.log_softmax(logits_adv.float(), dim=1), probs, reduction="none").sum(dim=1)
 
 
 # ---- training losses: (logits_adv, logits_nat | None, y, beta) -> scalar --------------------------------
@@ -140,7 +147,7 @@ class Objective:
     name: str
     start: str  # PGD start: "uniform" (AT, MART) or "normal" (TRADES: x + 0.001 N(0, 1))
     needs_natural_logits: bool  # the training loss uses f(x)
-    attack_loss: AttackLoss  # (logits_adv, y, natural_probs | None) -> scalar sum over the batch
+    attack_loss: AttackLoss  # (logits_adv, y, natural_probs | None) -> per-sample losses (B,)
     loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss
     beta: float = 0.0
     attack_needs_natural_probs: bool = False  # the attack uses softmax(f(x)) (TRADES): compute it first
@@ -154,6 +161,7 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def get_objective(name: str) -> Objective:
+    """The ``Objective`` of a base method: ``at``, ``trades`` or ``mart`` (``METHODS`` maps PART's names to them)."""
     try:
         return OBJECTIVES[name]
     except KeyError:
@@ -163,7 +171,7 @@ def get_objective(name: str) -> Objective:
 def attack_loss_fn(
     objective: Objective, natural_probs: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Bind softmax(f(x)) (detached, float32) into the (logits, y) -> loss signature of attacks.pgd.pgd."""
+    """Bind softmax(f(x)) (detached, float32) into the attacks' (logits, y) -> per-sample loss signature."""
     if objective.attack_needs_natural_probs:
         _require(natural_probs, "natural probabilities for its attack", objective.name)
     probs = None if natural_probs is None else natural_probs.detach().float()

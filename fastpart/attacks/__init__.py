@@ -1,11 +1,13 @@
-"""Attacks, chosen by name from one registry."""
+"""Attacks under an L-inf budget that may differ per pixel, with one contract.
 
-from __future__ import annotations
+Every attack takes x (B, C, H, W) in [0, 1], labels y (B,), a budget ``eps`` (a float, a tensor
+broadcastable to x, or ``fastpart.kernels.EpsLevels``), a number of ``steps``, an optional ``generator``
+for its random start and ``autocast_dtype``; losses are per sample (``losses.LossFn``). The model runs in
+eval mode and only input gradients are taken.
 
-from typing import Callable
+    pgd.pgd          PGD / PART's mask-weighted PGD (fused step)     apgd.apgd   Auto-PGD (APGD)
+    mma.mma          minimum-margin attack (APGD, top-k targets)     mma.mma_ref the released sign-PGD variant
+    robust           robust_correct / robust_accuracy: what counts as robust (one definition)
 
-from fastpart.attacks.apgd import apgd
-from fastpart.attacks.mma import mma, mma_ref
-from fastpart.attacks.pgd import pgd
-
-ATTACKS: dict[str, Callable] = {"pgd": pgd, "apgd": apgd, "mma": mma, "mma_ref": mma_ref}
+Submodules are imported where they are used, so ``import fastpart.attacks.pgd`` loads only PGD.
+"""

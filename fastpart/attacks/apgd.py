@@ -2,8 +2,9 @@
 ensemble of diverse parameter-free attacks", ICML 2020), as the MMA authors run it (their copy of the
 AutoAttack code, ``autopgd_base.py``); the budget may differ per pixel (PART's eps map).
 
-Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float or a tensor broadcastable to x; loss_fn(logits, y)
-returns one loss per sample (B,), which the attack maximises. Returns (x_adv (B, C, H, W), best loss (B,)).
+Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float, a tensor broadcastable to x, or ``EpsLevels``;
+loss_fn(logits, y) returns one loss per sample (B,) (``fastpart.attacks.losses``), which the attack
+maximises. Returns (x_adv (B, C, H, W), best loss (B,)).
 
     x_0     = clip(x + eps * u / max|u|, 0, 1),  u ~ U(-1, 1)^d  (max over each sample's entries)
     z       = P(x_k + eta_k * sign(grad f(x_k)))
@@ -22,70 +23,49 @@ returned; otherwise the point of highest loss. The model runs in eval mode (rest
 input gradients are taken (torch.autograd.grad), parameters get no .grad.
 
 Example:
-    x_adv, loss = apgd(model, x, y, eps=8 / 255, n_iter=100)                  # APGD-CE
+    x_adv, loss = apgd(model, x, y, eps=8 / 255, steps=100)                   # APGD-CE
     x_adv, loss = apgd(model, x, y, 8 / 255, 20, lambda z, y: margin_loss_targeted(z, y, t))
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from fastpart.models import eval_mode
+from fastpart.attacks.losses import LossFn, ce_loss, widen
+from fastpart.kernels import Eps, eps_tensor_or_float
+from fastpart.modes import eval_mode
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RULES = ("reference", "paper")
 
 
-def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy (B,)."""
-    return F.cross_entropy(logits, y, reduction="none")
-
-
-def margin_loss_targeted(
-    logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor, confidence: float = 50.0
-) -> torch.Tensor:
-    """MMA's minimum-margin loss -max(z_y - z_t + confidence, 0), per sample (B,); maximised by the attack."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    z_t = logits.gather(1, target[:, None]).squeeze(1)
-    return -torch.clamp(z_y - z_t + confidence, min=0.0)
-
-
-def checkpoints(n_iter: int) -> list[int]:
-    """Iterations after which the step size is checked: [0, w_1, w_2, ...] (all <= n_iter).
+def checkpoints(steps: int) -> list[int]:
+    """Iterations after which the step size is checked: [0, w_1, w_2, ...] (all <= steps).
 
     The reference code's integer schedule: w_1 = max(int(0.22 N), 1); intervals shrink by max(int(0.03 N), 1)
     down to max(int(0.06 N), 1). N = 100: [0, 22, 41, 57, 70, 80, 87, 93, 99]; N = 20: [0, 4, 7, 9, 10, ..., 20].
     """
-    if n_iter < 1:
-        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
-    interval, shrink, smallest = max(int(0.22 * n_iter), 1), max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    interval, shrink, smallest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
     out = [0]
-    while out[-1] + interval <= n_iter:
+    while out[-1] + interval <= steps:
         out.append(out[-1] + interval)
         interval = max(interval - shrink, smallest)
     return out
 
 
-def checkpoints_paper(n_iter: int) -> list[int]:
+def checkpoints_paper(steps: int) -> list[int]:
     """The paper's formula, for comparison: ceil(p_j N), p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
     in exact integer arithmetic (hundredths). Equal to ``checkpoints`` for N = 100, not for N = 20."""
     out, p, interval = [0], 22, 22
-    while -(-p * n_iter // 100) <= n_iter:
-        w = -(-p * n_iter // 100)
+    while -(-p * steps // 100) <= steps:
+        w = -(-p * steps // 100)
         if w > out[-1]:
             out.append(w)
         interval = max(interval - 3, 6)
         p += interval
     return out
-
-
-def widen(logits: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 logits (autocast) to float32; float32/float64 kept."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def _loss_grad(model, x_adv, y, loss_fn, autocast_dtype):
@@ -102,8 +82,8 @@ def apgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: torch.Tensor | float,
-    n_iter: int,
+    eps: Eps,
+    steps: int,
     loss_fn: LossFn = ce_loss,
     rho: float = 0.75,
     momentum: float = 0.75,
@@ -116,6 +96,7 @@ def apgd(
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
     x = x.detach()
+    eps = eps_tensor_or_float(eps, x.dtype)
     n, view = x.shape[0], (-1,) + (1,) * (x.dim() - 1)
 
     def project(v):
@@ -131,13 +112,13 @@ def apgd(
         logits, loss, grad = _loss_grad(model, x_adv, y, loss_fn, autocast_dtype)
         acc = logits.argmax(1) == y
         x_best, x_best_adv, grad_best, loss_best = x_adv.clone(), x_adv.clone(), grad.clone(), loss.clone()
-        losses = torch.zeros(n_iter, n, dtype=loss.dtype, device=x.device)
+        losses = torch.zeros(steps, n, dtype=loss.dtype, device=x.device)
         loss_0 = loss.clone()
         step = 2.0 * eps * torch.ones((n,) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
-        marks, last = set(checkpoints(n_iter)[1:]), 0
+        marks, last = set(checkpoints(steps)[1:]), 0
         loss_best_last, reduced_last = loss_best.clone(), torch.ones_like(acc)
         x_old = x_adv.clone()
-        for i in range(n_iter):
+        for i in range(steps):
             with torch.no_grad():
                 drift, x_old = x_adv - x_old, x_adv.clone()
                 a = momentum if i > 0 else 1.0

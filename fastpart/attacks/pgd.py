@@ -1,9 +1,11 @@
 """Projected gradient descent under an L-inf budget that may differ per pixel (Madry et al., ICLR 2018;
 PART's mask-weighted PGD, Zhang et al., ICML 2024).
 
-Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float or a tensor broadcastable to x (PART's eps map).
+Shapes: x (B, C, H, W) in [0, 1]; y (B,); eps a float, a tensor broadcastable to x, or ``EpsLevels``
+(PART's two-level map: uint8 levels and their two budgets); loss_fn(logits, y) returns one loss per
+sample (B,) (``fastpart.attacks.losses``), whose sum is differentiated. Units: pixel values in [0, 1].
 
-    x0      = clip(x + U(-eps, eps), 0, 1)          (TRADES: x + 0.001 N(0, 1))
+    x0      = clip(x + U(-eps, eps), 0, 1)          (TRADES: clip(x + 0.001 N(0, 1)) into the box and [0, 1])
     x_{t+1} = clip(min(max(x_t + alpha * sign(grad_x loss(f(x_t), y)), x - eps), x + eps), 0, 1)
 
 With eps a float (or the same value everywhere) this is standard PGD. The model runs in eval mode
@@ -15,21 +17,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from fastpart.kernels import Eps, pgd_step_, uniform_start
-from fastpart.models import eval_mode, frozen_parameters
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y, reduction="sum")
-
+from fastpart.attacks.losses import LossFn, ce_loss
+from fastpart.kernels import Eps, eps_tensor_or_float, pgd_step_, uniform_start
+from fastpart.modes import eval_mode, frozen_parameters
 
 STARTS = ("uniform", "normal", "none")
 
@@ -38,11 +31,14 @@ def random_start(
     x: torch.Tensor, eps: Eps, start: str = "uniform", generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """uniform: clip(x + U(-eps, eps), 0, 1); normal: x + 0.001 N(0, 1) (TRADES); none: x. Always a new tensor."""
+    """uniform: clip(x + U(-eps, eps), 0, 1); normal: x + 0.001 N(0, 1) (TRADES), projected into the eps box
+    and [0, 1] like every iterate; none: x. Always a new tensor."""
     if start == "uniform":
         return uniform_start(x, eps, generator, backend=backend)
     if start == "normal":
-        return x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x0 = x + 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        e = eps_tensor_or_float(eps, x.dtype)
+        return torch.clamp(torch.min(torch.max(x0, x - e), x + e), 0.0, 1.0)
     if start == "none":
         return x.clone()
     raise ValueError(f"unknown start {start!r}; choose from {', '.join(STARTS)}")
@@ -55,7 +51,7 @@ def pgd(
     eps: Eps,
     alpha: float,
     steps: int,
-    loss_fn: LossFn = cross_entropy_sum,
+    loss_fn: LossFn = ce_loss,
     start: str = "uniform",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -78,7 +74,7 @@ def pgd(
             with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype,
                                                      enabled=autocast_dtype is not None):
                 logits = model(x_adv)
-                loss = loss_fn(logits, y)
+                loss = loss_fn(logits, y).sum()
                 (grad,) = torch.autograd.grad(loss, x_adv)
             if stop_on_success:
                 fooled |= logits.detach().argmax(1) != y

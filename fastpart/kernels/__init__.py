@@ -36,12 +36,13 @@ from fastpart.kernels.reference import (
     EpsLevels,
     compute_dtype,
     eps_from_levels,
+    eps_tensor_or_float,
     pgd_step_reference,
     start_dtype,
     uniform_start_reference,
 )
 
-__all__ = ["KERNEL_BACKENDS", "Eps", "EpsLevels", "eps_from_levels", "pgd_step_", "pgd_step_reference",
+__all__ = ["KERNEL_BACKENDS", "Eps", "EpsLevels", "eps_from_levels", "eps_tensor_or_float", "pgd_step_", "pgd_step_reference",
            "resolve_backend", "start_dtype", "triton_unsupported", "uniform_start", "uniform_start_reference"]
 
 KERNEL_BACKENDS = ("auto", "reference", "triton", "compile")

@@ -46,10 +46,10 @@ def eps_from_levels(levels: torch.Tensor, eps_high: float, eps_low: float,
     return torch.where(levels != 0, high, low)
 
 
-def eps_tensor_or_float(eps: Eps) -> torch.Tensor | float:
-    """The budget as a float or a float tensor (levels expanded to float32)."""
+def eps_tensor_or_float(eps: Eps, dtype: torch.dtype = torch.float32) -> torch.Tensor | float:
+    """The budget as a float or a float tensor (levels expanded to ``dtype``, float32 by default)."""
     if isinstance(eps, EpsLevels):
-        return eps_from_levels(eps.levels, eps.high, eps.low)
+        return eps_from_levels(eps.levels, eps.high, eps.low, dtype)
     return eps
 
 

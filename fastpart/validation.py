@@ -1,0 +1,107 @@
+"""What training measures besides its loss: accuracy on the test split and on a held-out validation split,
+and the best checkpoint chosen on the latter.
+
+``split_accuracy`` is natural and PGD-k accuracy (eps, alpha 2/255, uniform start, CE, stop on success)
+with ``fastpart.attacks.robust``'s definition, the one ``fastpart eval`` uses: a point is robust when
+it is correct clean and attacked. ``holdout`` draws the validation rows of the training split (seeded:
+the same rows for the same seed, never trained on, never in a mask refresh). ``BestCheckpoint`` keeps
+``best.pt``: the weights of the epoch with the highest validation robust accuracy so far (the first such
+epoch on ties), written atomically; its state travels in the checkpoint, so a resumed run keeps it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fastpart import distributed
+from fastpart.atomic import atomic_path
+from fastpart.attacks.pgd import pgd
+from fastpart.attacks.robust import predict_labels, robust_correct
+from fastpart.config import TrainConfig
+from fastpart.errors import FastpartError
+from fastpart.loader import DeviceLoader, stream_seed
+from fastpart.settings import AUTOCAST
+
+__all__ = ["EVAL_ALPHA", "BestCheckpoint", "holdout", "split_accuracy"]
+
+EVAL_ALPHA = 2 / 255  # the PGD step of the evaluations during training (the paper's PGD-20)
+
+
+def split_accuracy(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, steps: int, split: str = "test",
+                   limit: int | None = None, prefix: str = "") -> dict[str, float]:
+    """``{prefix}{split}_natural_acc``, ``{prefix}{split}_pgd{steps}_acc`` and ``{prefix}{split}_n`` of
+    ``model`` on the first ``limit`` images of ``loader`` (all: None), in the training precision.
+
+    Batch b's random start is seeded from (seed, split, b); under several processes rank r evaluates the
+    batches b with b % world_size == r and the counts are summed, so the result does not depend on the
+    number of processes.
+    """
+    model.eval()
+    autocast = AUTOCAST[cfg.precision]
+    predict = predict_labels(model, autocast)
+    rank, world = distributed.rank(), distributed.world_size()
+    counts = torch.zeros(3, dtype=torch.float64)  # natural correct, robust correct, images
+    taken = 0
+    stream = "eval-pgd" if split == "test" else f"{split}-pgd"
+    loader.set_epoch(0)
+    for b, (x, y, *_) in enumerate(loader):
+        if limit is not None and taken >= limit:
+            break
+        if limit is not None:
+            x, y = x[: limit - taken], y[: limit - taken]
+        taken += len(y)
+        if b % world != rank:
+            continue
+        generator = torch.Generator(loader.device).manual_seed(stream_seed(cfg.seed, b, stream))
+
+        def attack(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+            return pgd(model, xs, ys, cfg.eps, EVAL_ALPHA, steps, generator=generator, autocast_dtype=autocast,
+                       stop_on_success=True)
+
+        natural = predict(x) == y
+        robust = robust_correct(predict, x, y, attack, eps=cfg.eps, name=f"{split} PGD-{steps}", natural=natural)
+        counts += torch.tensor([int(natural.sum()), int(robust.sum()), len(y)], dtype=torch.float64)
+    natural, robust, seen = (int(v) for v in distributed.all_reduce_sum(counts).tolist())
+    head = f"{prefix}{split}"
+    return {f"{head}_natural_acc": natural / seen, f"{head}_pgd{steps}_acc": robust / seen, f"{head}_n": seen}
+
+
+def holdout(n: int, val_n: int, seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(training rows, validation rows) of a split of ``n`` images, each sorted; (None, None) for val_n 0."""
+    if val_n == 0:
+        return None, None
+    if not 0 < val_n < n:
+        raise FastpartError(f"--val-n must be between 1 and {n - 1} (the training split has {n} images), got {val_n}")
+    generator = torch.Generator().manual_seed(stream_seed(seed, 0, "validation"))
+    order = torch.randperm(n, generator=generator).numpy()
+    return np.sort(order[val_n:]), np.sort(order[:val_n])
+
+
+class BestCheckpoint:
+    """``best.pt`` of a run: the epoch whose ``metric`` (a metrics.jsonl key) is the highest so far."""
+
+    def __init__(self, path: Path, metric: str, state: dict[str, Any] | None = None) -> None:
+        self.path, self.metric = path, metric
+        self.epoch: int | None = (state or {}).get("epoch")
+        self.value: float | None = (state or {}).get("value")
+
+    def state(self) -> dict[str, Any]:
+        return {"metric": self.metric, "epoch": self.epoch, "value": self.value}
+
+    def offer(self, record: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]], cfg: TrainConfig) -> bool:
+        """Write best.pt when ``record`` beats the best so far; ``weights``: "model" and optionally "ema"
+        state dicts. Returns whether it did."""
+        value = record.get(self.metric)
+        if value is None or (self.value is not None and value <= self.value):
+            return False
+        self.epoch, self.value = int(record["epoch"]), float(value)
+        payload = {**weights, "epoch": self.epoch, "config": cfg.to_dict(), "selected_by": self.metric,
+                   "value": self.value, "record": record}
+        with atomic_path(self.path) as tmp:
+            torch.save(payload, tmp)
+        return True
