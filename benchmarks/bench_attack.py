@@ -29,7 +29,8 @@ from common import median, table, timed, write_result  # noqa: E402
 
 from fastpart.attacks.pgd import pgd  # noqa: E402
 from fastpart.kernels import EpsLevels, pgd_step_  # noqa: E402
-from fastpart.models import create_model, frozen_parameters  # noqa: E402
+from fastpart.models import create_model  # noqa: E402
+from fastpart.modes import frozen_parameters  # noqa: E402
 
 EPS, EPS_LOW, ALPHA, STEPS = 8 / 255, 7 / 255, 2 / 255, 10
 

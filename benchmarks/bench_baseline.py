@@ -21,7 +21,7 @@ The baseline trains PART the way the released research code does, written plainl
 
 Images/s of the baseline are measured over ``--batches`` batches after one warm-up batch, with the
 time spent in each phase, twice: before and after fastpart's runs; the faster of the two is kept (load
-from other processes can only slow a measurement down, so this choice favours the baseline). In the same run fastpart trains PART (``fastpart.train.train``, burn-in 0,
+from other processes can only slow a measurement down, so this choice favours the baseline). In the same run fastpart trains PART (``fastpart.training.train``, burn-in 0,
 ``--mask-freqs``, default 1 and 10) on the same data, model and device, measured as bench_train.py
 measures it (``bench_train.throughput``): the epochs after the first (which carries one-off costs)
 plus a whole-split mask refresh amortised over ``mask_freq`` epochs.
@@ -56,9 +56,9 @@ from common import device_name, synchronize, table, write_result  # noqa: E402
 
 from fastpart.cli import main as cli  # noqa: E402
 from fastpart.config import TrainConfig  # noqa: E402
-from fastpart.loader import read_split, split_path  # noqa: E402
+from fastpart.data.splitfiles import read_split, split_path  # noqa: E402
 from fastpart.models import create_model, find_cam_layer  # noqa: E402
-from fastpart.train import dataset_manifest, paper_defaults  # noqa: E402
+from fastpart.settings import dataset_manifest, paper_defaults  # noqa: E402
 
 EPS, EPS_LOW, STEPS, TAU = 8 / 255, 7 / 255, 10, 1.0
 BASELINE = "baseline (released-code style)"
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="fastpart's precision (auto: bf16 on CUDA, fp32 on CPU); the baseline is fp32")
     parser.add_argument("--compile", action="store_true", help="fastpart trains a torch.compile'd model "
                         "(the baseline stays eager)")
+    parser.add_argument("--fast", action="store_true", help="fastpart trains on its fast path: --compile "
+                        "--compile-attack --compile-mode reduce-overhead (the baseline stays eager)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
     args = parser.parse_args(argv)
@@ -251,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         common_cfg = dict(dataset=args.dataset, data_dir=data_dir, model=args.model, epochs=args.fastpart_epochs,
                           batch_size=args.batch_size, eval_n=100, eval_steps=1, device=args.device,
-                          precision=args.precision, burn_in=0, method="part", compile=args.compile)
+                          precision=args.precision, burn_in=0, method="part", compile=args.compile or args.fast)
+        if args.fast:
+            common_cfg.update(compile_attack=True, compile_mode="reduce-overhead")
         for freq in args.mask_freqs:
             cfg = TrainConfig(mask_freq=freq, out=str(Path(tmp) / f"part{freq}"), **common_cfg)
             rows.append({"run": f"fastpart part mask-freq {freq}", **fastpart_throughput(cfg)})
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_result("baseline", device, {
         "dataset": args.dataset, "model": args.model, "batch_size": args.batch_size,
         "n_train": None if args.data_dir else args.n, "fastpart_epochs": args.fastpart_epochs,
-        "fastpart_compile": args.compile,
+        "fastpart_compile": args.compile, "fastpart_fast_path": args.fast,
         "baseline_masks": "per batch on the fly, every epoch (one GradCAM call per image)",
         "baseline": base, "runs": rows, "speedup": speedup})
     print(f"wrote {path}")

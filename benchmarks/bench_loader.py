@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, table, timed, write_result  # noqa: E402
 
-from fastpart.convert import write_beton, write_npz  # noqa: E402
-from fastpart.datasets import SplitData  # noqa: E402
+from fastpart.data.convert import write_beton, write_npz  # noqa: E402
+from fastpart.data.datasets import SplitData  # noqa: E402
 from fastpart.loader import Augment, DeviceLoader  # noqa: E402
 
 

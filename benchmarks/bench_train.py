@@ -27,10 +27,11 @@ from common import synchronize, table, write_result  # noqa: E402
 
 from fastpart.cli import main as cli  # noqa: E402
 from fastpart.config import TrainConfig  # noqa: E402
-from fastpart.loader import read_split  # noqa: E402
-from fastpart.masks import MaskSettings, compute_split_levels  # noqa: E402
+from fastpart.data.splitfiles import read_split  # noqa: E402
+from fastpart.masks import MaskSettings  # noqa: E402
 from fastpart.models import create_model  # noqa: E402
-from fastpart.train import cam_function, train  # noqa: E402
+from fastpart.part import split_levels  # noqa: E402
+from fastpart.training import train  # noqa: E402
 
 
 def throughput(cfg: TrainConfig) -> dict:
@@ -52,12 +53,11 @@ def refresh_cost(model_name: str, images: torch.Tensor, labels: torch.Tensor, ba
     """Seconds per 1,000 images of a whole-split GradCAM mask refresh."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=int(labels.max()) + 1).to(device).eval()
-    cfg = TrainConfig(cam_backend=backend, precision="fp32")
-    cams = cam_function(model, cfg)
-    compute_split_levels(cams, images[:64], labels[:64], MaskSettings(), progress=False)  # warm-up
+    settings = MaskSettings(backend=backend)
+    split_levels(model, images[:64], labels[:64], settings, "fp32")  # warm-up
     synchronize(device)
     start = time.perf_counter()
-    compute_split_levels(cams, images, labels, MaskSettings(), batch_size=512, progress=False)
+    split_levels(model, images, labels, settings, "fp32", batch_size=512)
     synchronize(device)
     return (time.perf_counter() - start) / len(labels) * 1000
 
