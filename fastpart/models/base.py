@@ -51,11 +51,25 @@ class CifarNet(nn.Module):
     _normalize_persistent = True  # whether normalize.mean / normalize.std go into the state dict
     cam_layer_feeds_gap_linear = False  # True where the CAM layer's output goes through GAP + linear alone
 
-    def _init_input(self, num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    def _init_input(self, num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+                    drop_rate: float = 0.0) -> None:
+        if drop_rate:
+            raise ModelError(f"{type(self).__name__} has no dropout: drop_rate must be 0")
         if (mean is None) != (std is None):
             raise ModelError("give both mean and std for the model's input normalisation, or neither")
         self.num_classes = num_classes
         self.normalize = nn.Identity() if mean is None else Normalize(mean, std, self._normalize_persistent)
+
+    def _resnet18_stages(self, block: type[nn.Module], width: int, num_classes: int) -> None:
+        """layer1..layer4 of two ``block(in, out, stride)`` each at widths w, 2w, 4w, 8w (strides 1, 2, 2, 2),
+        and the ``linear`` classifier: the ResNet-18 body of the CIFAR reference codes."""
+        planes = width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            out = width * 2**i
+            setattr(self, f"layer{i + 1}", nn.Sequential(block(planes, out, stride), block(out, out, 1)))
+            planes = out
+        self.num_features = planes
+        self.linear = nn.Linear(planes, num_classes)
 
     @property
     def classifier(self) -> nn.Linear:

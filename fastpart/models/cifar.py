@@ -50,18 +50,10 @@ class ResNet18Cifar(CifarNet):
     def __init__(self, num_classes: int = 10, width: int = 64, drop_rate: float = 0.0,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
-        if drop_rate:
-            raise ModelError("resnet18_cifar has no dropout: drop_rate must be 0")
-        self._init_input(num_classes, mean, std)
+        self._init_input(num_classes, mean, std, drop_rate)
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        planes = width
-        for i, stride in enumerate((1, 2, 2, 2)):
-            out = width * 2**i
-            setattr(self, f"layer{i + 1}", nn.Sequential(ResNetBlock(planes, out, stride), ResNetBlock(out, out, 1)))
-            planes = out
-        self.num_features = planes
-        self.linear = nn.Linear(planes, num_classes)
+        self._resnet18_stages(ResNetBlock, width, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(self.normalize(x))), inplace=True)

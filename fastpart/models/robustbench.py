@@ -52,11 +52,6 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
-def _no_dropout(name: str, drop_rate: float) -> None:
-    if drop_rate:
-        raise ModelError(f"{name} has no dropout: drop_rate must be 0")
-
-
 class PreActBlock(nn.Module):
     """Pre-activation BasicBlock; a 1x1 conv shortcut, on the raw input, when the shape changes."""
 
@@ -86,16 +81,9 @@ class PreActResNet18(CifarNet):
     def __init__(self, num_classes: int = 10, width: int = 64, drop_rate: float = 0.0,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
-        _no_dropout("preact_resnet18", drop_rate)
-        self._init_input(num_classes, mean, std)
+        self._init_input(num_classes, mean, std, drop_rate)
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        planes = width
-        for i, stride in enumerate((1, 2, 2, 2)):
-            out = width * 2**i
-            setattr(self, f"layer{i + 1}", nn.Sequential(PreActBlock(planes, out, stride), PreActBlock(out, out, 1)))
-            planes = out
-        self.num_features = planes
-        self.linear = nn.Linear(planes, num_classes)
+        self._resnet18_stages(PreActBlock, width, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.normalize(x))
@@ -159,8 +147,7 @@ class DMWideResNet(CifarNet):
         super().__init__()
         if (depth - 4) % 6:
             raise ModelError(f"DMWideResNet depth must be 6n+4, got {depth}")
-        _no_dropout("DMWideResNet", drop_rate)
-        self._init_input(num_classes, mean, std)
+        self._init_input(num_classes, mean, std, drop_rate)
         n, ch = (depth - 4) // 6, (16, 16 * widen, 32 * widen, 64 * widen)
         self.init_conv = nn.Conv2d(3, ch[0], 3, 1, 1, bias=False)
         self.layer = nn.Sequential(DMBlockGroup(n, ch[0], ch[1], 1, act_layer),
