@@ -96,6 +96,8 @@ def free_bytes(folder: Path) -> int | None:
 
 def disk_full_error(exc: BaseException, dest: Path) -> DiskFull | None:
     """A one-line ``DiskFull`` when ``exc`` (a failed write of ``dest``) came from a full disk, else None."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None  # an OSError says what it is; only errors without one (torch.save's) are judged by free space
     free = free_bytes(dest.parent)
     out_of_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
     if not out_of_space and (free is None or free >= LOW_SPACE_BYTES):
@@ -131,8 +133,11 @@ def hold(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
     holder's pid for that message and stays behind (empty of meaning once no process holds it).
     """
     path = Path(lock_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as exc:
+        raise disk_full_error(exc, path) or FastpartError(f"cannot create {path}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -140,8 +145,11 @@ def hold(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise FolderBusy(f"{what} is in use by another fastpart process (pid {holder}); "
                              f"wait for it to finish, or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the holder's pid, for the message of the next process (a full disk only loses the pid)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock
