@@ -5,7 +5,7 @@ that asks for one or more accuracy *items*; an item is measured batch by batch o
 (the test split, or a seeded subset of ``--n`` images; CIFAR-10-C items use the corrupted splits):
 
     natural          clean accuracy
-    pgd<k>           PGD-k, eps 8/255, alpha 2/255, uniform start, CE (SPEC "Evaluation"; pgd20 is the paper's)
+    pgd<k>           PGD-k, eps 8/255, alpha 2/255, uniform start, CE (the paper's Sec. 4.1 evaluates with pgd20)
     mma, mma-ref     minimum-margin attack: APGD on the margin loss, top-3 targets, 20 iterations each, on the
                      still-robust points; mma-ref: the released code's sign-PGD variant
     aa               AutoAttack, standard version, through the reference package (pyautoattack)

@@ -1,6 +1,6 @@
 """The mask-weighted PGD step and uniform start in plain torch: the specification every backend must match.
 
-Per element i, with eps_i the budget of that element (SPEC.md, "Mask-weighted PGD"):
+Per element i, with eps_i the budget of that element (the mask-weighted PGD of the PART paper, Sec. 3):
 
     step:   x_adv <- clip( min( max( x_adv + alpha * sign(g), x - eps_i ), x + eps_i ), 0, 1 )
     start:  x0    =  clip( x + (2u - 1) * eps_i, 0, 1 ),   u ~ U[0, 1) drawn by torch

@@ -11,7 +11,7 @@ so ``timm.create_model('resnet18_cifar', num_classes=10)`` works; ``create_model
 Every fastpart model takes images in [0, 1] (an optional per-channel ``mean``/``std`` normalisation
 is its first op, so attacks work in pixel space) and exposes ``forward_features`` (the last conv
 feature map, before pooling), ``forward_head`` (global average pool + linear), ``classifier`` and
-``cam_layer``: the block whose output CAM methods use, as in the released PART code and SPEC.md
+``cam_layer``: the block whose output CAM methods use, as in the released PART code and the paper
 (ResNet-18 and PreActResNet-18: ``layer4``, 4x4 on 32x32 input, which is ``forward_features(x)``;
 WRN: ``block3``, DMWideResNet: ``layer.2``, 8x8, whose output still goes through the final BN and
 activation before ``forward_features`` returns it). ``cam_layer_feeds_gap_linear`` is set where the
