@@ -7,3 +7,46 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared, session-wide data and trained models (each built once per test run)
+# ---------------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SMALL_EPS = 2 / 255  # the trained model's budget: a CPU run learns robustness at this scale in a few epochs
+
+
+def train_shapes(data: Path, run: Path, epochs: int, seed: int = 0) -> Path:
+    """AT of a width-8 ResNet-18 on shapes with a small budget (eps 2/255, 1-step PGD)."""
+    from fastpart.cli import main
+
+    assert main(["train", "--dataset", "shapes", "--data-dir", str(data), "--model", "resnet18_cifar_w8",
+                 "--method", "at", "--eps", str(SMALL_EPS), "--alpha", str(1 / 255), "--steps", "1", "--epochs",
+                 str(epochs), "--batch-size", "32", "--lr", "0.02", "--eval-steps", "1", "--eval-n", "50",
+                 "--seed", str(seed), "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """Converted shapes (4000 training, 300 test images, npz) for tests that need a model that learned."""
+    from fastpart.cli import main
+
+    data = tmp_path_factory.mktemp("shapes") / "data"
+    assert main(["convert", "shapes", "--n-train", "4000", "--n-test", "300", "--out", str(data), "--format", "npz"]) == 0
+    return data
+
+
+@pytest.fixture(scope="session")
+def trained_shapes(shapes_data) -> Path:
+    """A run folder of 6 epochs of AT on ``shapes_data``: natural accuracy well above chance, some robustness."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same model whatever ran before in this process
+    try:
+        return train_shapes(shapes_data, shapes_data.parent / "trained", epochs=6)
+    finally:
+        torch.set_num_threads(threads)

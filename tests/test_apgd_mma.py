@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastpart.attacks.apgd import apgd, ce_loss, checkpoints, checkpoints_paper, margin_loss_targeted
-from fastpart.attacks.mma import margin, mma, mma_ref, robust_accuracy, wrong_class_ranking
+from fastpart.attacks.apgd import apgd, checkpoints, checkpoints_paper
+from fastpart.attacks.losses import ce_loss, margin, margin_loss_targeted
+from fastpart.attacks.mma import mma, mma_ref, wrong_class_ranking
+from fastpart.attacks.robust import robust_accuracy
 
 
 def gen(seed: int) -> torch.Generator:
@@ -153,7 +155,7 @@ def test_linear_classifier_exact_robust_accuracy(budget):
     assert (provably_robust | provably_broken).all() and 0.1 < provably_robust.float().mean() < 0.9
     attacks = {
         "apgd-ce": (lambda: apgd(net, x, y, eps, 20, generator=gen(1))[0], 0.03),
-        "mma": (lambda: mma(net, x, y, eps, k=3, n_iter=20, generator=gen(1)), 0.0),
+        "mma": (lambda: mma(net, x, y, eps, k=3, steps=20, generator=gen(1)), 0.0),
         "mma_ref": (lambda: mma_ref(net, x, y, eps, k=3, generator=gen(1)), 0.0),
     }
     for name, (attack, slack) in attacks.items():
@@ -178,7 +180,7 @@ def test_mma_targets_the_most_likely_wrong_classes_in_order(k):
     m = pair_margins(lin, x, y, eps)
     expected = (logits.argmax(1) == y) & (m.gather(1, targets) > 0).all(1)
     with torch.no_grad():
-        robust = net(mma(net, x, y, eps, k=k, n_iter=20, generator=gen(0))).argmax(1) == y
+        robust = net(mma(net, x, y, eps, k=k, steps=20, generator=gen(0))).argmax(1) == y
     assert torch.equal(robust, expected)
     assert not torch.equal(expected, m.min(1)[0] > 0)  # k matters on this problem
 
@@ -197,7 +199,7 @@ ATTACK_CALLS = {
     "apgd-margin": lambda net, x, y, eps, **kw: apgd(
         net, x, y, eps, 10, lambda z, yy: margin_loss_targeted(z, yy, (yy + 1) % 10), **kw
     )[0],
-    "mma": lambda net, x, y, eps, **kw: mma(net, x, y, eps, k=3, n_iter=10, **kw),
+    "mma": lambda net, x, y, eps, **kw: mma(net, x, y, eps, k=3, steps=10, **kw),
     "mma_ref": lambda net, x, y, eps, **kw: mma_ref(net, x, y, eps, k=3, steps=10, **kw),
 }
 
@@ -226,7 +228,7 @@ def test_uniform_map_equals_scalar_budget():
     scalar = apgd(net, x, y, 4 / 255, 10, generator=gen(1))
     tensor = apgd(net, x, y, torch.full_like(x, 4 / 255), 10, generator=gen(1))
     assert torch.equal(scalar[0], tensor[0]) and torch.equal(scalar[1], tensor[1])
-    scalar, tensor = (mma(net, x, y, e, n_iter=5, generator=gen(1)) for e in (4 / 255, torch.full_like(x, 4 / 255)))
+    scalar, tensor = (mma(net, x, y, e, steps=5, generator=gen(1)) for e in (4 / 255, torch.full_like(x, 4 / 255)))
     assert torch.equal(scalar, tensor)
 
 
@@ -240,10 +242,10 @@ def test_more_iterations_never_raise_accuracy():
             return apgd(m, xb, yb, 2 / 255, n_iter, generator=gen(0))[0]
 
         def mm3(m, xb, yb):
-            return mma(m, xb, yb, 2 / 255, k=3, n_iter=n_iter, generator=gen(0))
+            return mma(m, xb, yb, 2 / 255, k=3, steps=n_iter, generator=gen(0))
 
-        accs["apgd", n_iter] = robust_accuracy(net, x, y, apgd_ce, batch_size=32)
-        accs["mma", n_iter] = robust_accuracy(net, x, y, mm3, batch_size=32)
+        accs["apgd", n_iter] = robust_accuracy(net, x, y, apgd_ce, 2 / 255, batch_size=32)
+        accs["mma", n_iter] = robust_accuracy(net, x, y, mm3, 2 / 255, batch_size=32)
     assert accs["apgd", 20] <= accs["apgd", 5] and accs["mma", 20] <= accs["mma", 5]
     assert accs["mma", 20] <= accs["apgd", 20] < 1.0 and accs["mma", 20] > 0.0
 

@@ -1,4 +1,5 @@
-"""The data flows one way: a module imports only modules of earlier stages."""
+"""The house: the data flows one way (a module imports only modules of earlier stages), modules stay small,
+and the light entry points stay light."""
 
 from __future__ import annotations
 
@@ -9,52 +10,93 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fastpart"
 
-# Stages in data-flow order; a module may import only from stages before its own.
+# Stages in data-flow order; a module may import only from stages before its own (so modules of one stage
+# never import each other: training, evaluation and report stand side by side). Subpackages count as one module,
+# except data/, whose modules are stages of their own.
 STAGES = [
     ["errors"],
-    ["config", "atomic"],
-    ["arrays", "splitfiles"],
-    ["shapes", "corruptions"],
-    ["readers"],
-    ["datasets"],
-    ["convert", "loader", "models", "masks", "kernels", "distributed"],
-    ["cam", "attacks", "objectives"],
-    ["train"],
-    ["evaluate"],
-    ["report"],
+    ["config", "atomic", "modes", "averaging"],
+    ["data.arrays"],
+    ["data.splitfiles", "data.shapes", "data.imageops"],
+    ["data.corruptions", "data.sources"],
+    ["data.readers"],
+    ["data.datasets"],
+    ["data.convert", "loader", "models", "kernels", "distributed"],
+    ["cam", "masks", "attacks"],
+    ["maskcache", "objectives", "board"],
+    ["settings"],
+    ["part", "runs", "validation"],
+    ["evaluators", "figures", "interop", "tables"],
+    ["training", "evaluation", "report"],
     ["cli"],
+    ["__main__"],
 ]
 RANK = {name: rank for rank, names in enumerate(STAGES) for name in names}
+MAX_LINES = 450
 
 
 def module_name(path: Path) -> str:
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    parts = path.relative_to(PACKAGE).parts
+    if parts[0] == "data" and len(parts) > 1:
+        return f"data.{parts[1].removesuffix('.py')}"
+    return parts[0].removesuffix(".py")
+
+
+def _imported(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "fastpart" or len(parts) < 2:
+        return None
+    return ".".join(parts[1:3]) if parts[1] == "data" and len(parts) > 2 else parts[1]
 
 
 def fastpart_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fastpart."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == "fastpart":
-            found.update(alias.name for alias in node.names)
+        if isinstance(node, ast.ImportFrom) and node.module in ("fastpart", "fastpart.data"):
+            prefix = "" if node.module == "fastpart" else "data."
+            found.update(prefix + alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(_imported(node.module))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("fastpart."))
-    return found
+            found.update(_imported(a.name) for a in node.names)
+    return found - {None, "__version__"}
 
 
 def test_every_module_has_a_stage():
-    modules = {module_name(p) for p in PACKAGE.rglob("*.py")} - {"__init__"}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "data.__init__"}
     assert modules <= set(RANK), f"add {sorted(modules - set(RANK))} to STAGES"
 
 
 def test_imports_point_one_way():
     for path in PACKAGE.rglob("*.py"):
         own = module_name(path)
-        if own == "__init__":
+        if own in ("__init__", "data.__init__"):
             continue
         for imported in fastpart_imports(path) - {own}:
-            assert RANK[imported] < RANK[own], f"{path.relative_to(PACKAGE)} imports {imported} (a later stage)"
+            assert imported in RANK, f"{path.relative_to(PACKAGE)} imports {imported}, which has no stage"
+            assert RANK[imported] < RANK[own], f"{path.relative_to(PACKAGE)} imports {imported} (not an earlier stage)"
+
+
+def test_modules_stay_small():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    big = {name: n for name, n in sizes.items() if n > MAX_LINES}
+    assert not big, f"split these modules by concern: {big}"
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
+def test_attacks_load_without_the_model_registry_and_training_without_the_dataset_generators():
+    assert "timm" not in _modules_after("import fastpart.attacks.pgd, fastpart.attacks.mma, fastpart.attacks.robust")
+    loaded = _modules_after("import fastpart.training")
+    assert not {"scipy", "fastpart.data.corruptions", "fastpart.data.convert"} & loaded
+    assert "torch" not in _modules_after("import fastpart")
+    assert "torch" not in _modules_after("from fastpart.cli import build_parser; build_parser()")  # --version, --help
 
 
 def test_import_and_npz_training_work_without_ffcv(tmp_path):
@@ -62,7 +104,7 @@ def test_import_and_npz_training_work_without_ffcv(tmp_path):
     script = f"""
 import sys
 sys.modules["ffcv"] = None  # any `import ffcv` now fails
-import fastpart, fastpart.loader, fastpart.train
+import fastpart, fastpart.loader, fastpart.training
 from fastpart.cli import main
 assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--format", "npz", "--out", r"{tmp_path}"]) == 0
 assert main(["train", "--dataset", "shapes", "--data-dir", r"{tmp_path}", "--model", "resnet18_cifar_w8", "--epochs", "1",

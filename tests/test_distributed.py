@@ -34,13 +34,14 @@ import torch
 from fastpart import distributed
 from fastpart.cli import main
 from fastpart.config import TrainConfig
-from fastpart.convert import write_beton, write_npz
-from fastpart.datasets import SplitData
+from fastpart.data.convert import write_beton, write_npz
+from fastpart.data.datasets import SplitData
 from fastpart.errors import FastpartError
 from fastpart.loader import Augment, DeviceLoader
-from fastpart.masks import MaskCache
-from fastpart.shapes import generate_split
-from fastpart.train import mask_slice, process_batch_size, resolve, paper_defaults
+from fastpart.maskcache import MaskCache
+from fastpart.data.shapes import generate_split
+from fastpart.part import mask_slice
+from fastpart.settings import paper_defaults, process_batch_size, resolve
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 COMMON = ["--dataset", "shapes", "--batch-size", "64", "--eval-steps", "1", "--eval-n", "64", "--lr", "0.01",

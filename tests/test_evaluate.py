@@ -13,11 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-import fastpart.evaluate as ev
+import fastpart.evaluation as ev
+import fastpart.evaluators as evs
 from fastpart.cli import main
 from fastpart.config import EvalConfig, TrainConfig
 from fastpart.errors import FastpartError
-from fastpart.train import LoadedRun
+from conftest import SMALL_EPS, train_shapes
+from fastpart.runs import EVAL_PROGRESS, LoadedRun
 
 EPS = 8 / 255
 MARGIN = 0.02  # points whose exact worst-case margin is within this of 0 are left out of the known-answer test
@@ -28,12 +30,12 @@ MARGIN = 0.02  # points whose exact worst-case margin is within this of 0 are le
 # ---------------------------------------------------------------------------------------------
 
 
-def linear_context(classes: int, seed: int = 0) -> tuple[ev.Context, nn.Linear]:
+def linear_context(classes: int, seed: int = 0) -> tuple[evs.Context, nn.Linear]:
     torch.manual_seed(seed)
     linear = nn.Linear(3 * 4 * 4, classes).double().float()
     model = nn.Sequential(nn.Flatten(), linear).eval()
     run = LoadedRun(model, TrainConfig(), Path("none"), Path("."), 0, {"num_classes": classes})
-    return ev.Context(run, EvalConfig(run="none", eps=EPS), torch.device("cpu"), None), linear
+    return evs.Context(run, EvalConfig(run="none", eps=EPS), torch.device("cpu"), None), linear
 
 
 def exact_robust(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +63,7 @@ def test_attacks_reach_the_exact_robust_accuracy_of_a_linear_model(attack, class
     x, y = linear_data(classes)
     robust, worst = exact_robust(linear, x, y, EPS)
     clear = worst.abs() > MARGIN
-    item = ev.get_evaluator(attack).items(ctx)[0]
+    item = evs.get_evaluator(attack).items(ctx)[0]
     found = item.correct(ctx, x, y, ev.batch_generator(0, item.seed_key, 0, ctx.device))
     assert 0.1 < robust[clear].float().mean() < 0.9  # the case is not trivial
     assert torch.equal(found[clear], robust[clear])  # no point reported robust that is not, and none lost
@@ -72,32 +74,9 @@ def test_attacks_reach_the_exact_robust_accuracy_of_a_linear_model(attack, class
 # A trained model: the attacks' ordering, files, resume
 # ---------------------------------------------------------------------------------------------
 
-SMALL_EPS = 2 / 255
-
-
-def train_shapes(data: Path, run: Path, epochs: int, seed: int = 0) -> Path:
-    assert main(["train", "--dataset", "shapes", "--data-dir", str(data), "--model", "resnet18_cifar_w8",
-                 "--method", "at", "--eps", str(SMALL_EPS), "--alpha", str(1 / 255), "--steps", "1", "--epochs",
-                 str(epochs), "--batch-size", "32", "--lr", "0.02", "--eval-steps", "1", "--eval-n", "50",
-                 "--seed", str(seed), "--out", str(run)]) == 0
-    return run
-
-
 @pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("eval") / "data"
-    assert main(["convert", "shapes", "--n-train", "4000", "--n-test", "300", "--out", str(data), "--format", "npz"]) == 0
-    return data
-
-
-@pytest.fixture(scope="module")
-def trained(shapes_data) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same model whatever ran before in this process
-    try:
-        return train_shapes(shapes_data, shapes_data.parent / "run", epochs=6)
-    finally:
-        torch.set_num_threads(threads)
+def trained(trained_shapes) -> Path:
+    return trained_shapes
 
 
 def eval_config(run: Path, attacks: tuple[str, ...], out: Path, **kw) -> EvalConfig:
@@ -118,15 +97,15 @@ def test_attack_ordering_on_a_trained_model(trained, tmp_path):
 
 
 def test_more_pgd_steps_never_raise_accuracy_point_by_point(trained):
-    from fastpart.train import load_run
+    from fastpart.runs import load_run
 
     run = load_run(trained)
-    ctx = ev.Context(run, eval_config(trained, (), Path(".")), torch.device("cpu"), None)
+    ctx = evs.Context(run, eval_config(trained, (), Path(".")), torch.device("cpu"), None)
     images, labels = ev.load_images(ctx, "test", {})
     x, y = ev.to_device(images[:64], labels[:64], ctx.device)
     previous = None
     for steps in (1, 2, 4, 8):
-        item = ev.pgd_item(steps)
+        item = evs.pgd_item(steps)
         robust = item.correct(ctx, x, y, ev.batch_generator(0, item.seed_key, 0, ctx.device))
         if previous is not None:
             assert not (robust & ~previous).any()
@@ -168,7 +147,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(trained, tmp_path, m
     whole = ev.evaluate(eval_config(trained, attacks, tmp_path / "whole"))
 
     calls = {"n": 0}
-    real = ev.robust_correct
+    real = evs.robust_correct
 
     def dying(*args, **kwargs):
         calls["n"] += 1
@@ -176,10 +155,10 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(trained, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "robust_correct", dying)
+    monkeypatch.setattr(evs, "robust_correct", dying)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(eval_config(trained, attacks, tmp_path / "split"))
-    progress = json.loads((tmp_path / "split" / ev.PROGRESS).read_text())["done"]
+    progress = json.loads((tmp_path / "split" / EVAL_PROGRESS).read_text())["done"]
     assert set(progress) == {"natural", "pgd10"} and len(progress["pgd10"]) == 2
 
     calls["n"] = -100
@@ -191,22 +170,22 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(trained, tmp_path, m
 
 def test_other_settings_do_not_reuse_saved_progress(trained, tmp_path):
     ev.evaluate(eval_config(trained, ("pgd5",), tmp_path))
-    saved = json.loads((tmp_path / ev.PROGRESS).read_text())
+    saved = json.loads((tmp_path / EVAL_PROGRESS).read_text())
     ev.evaluate(eval_config(trained, ("pgd5",), tmp_path, seed=1))
-    again = json.loads((tmp_path / ev.PROGRESS).read_text())
+    again = json.loads((tmp_path / EVAL_PROGRESS).read_text())
     assert again["fingerprint"] != saved["fingerprint"]
 
 
 def test_adaptive_attack_uses_the_models_own_masks(trained, tmp_path, monkeypatch):
     seen = []
-    real = ev.adaptive_budget
+    real = evs.adaptive_budget
 
     def recording(ctx, x):
         budget = real(ctx, x)
         seen.append(budget)
         return budget
 
-    monkeypatch.setattr(ev, "adaptive_budget", recording)
+    monkeypatch.setattr(evs, "adaptive_budget", recording)
     record = ev.evaluate(eval_config(trained, ("natural", "adaptive10"), tmp_path, adaptive_eps=4 / 255,
                                      adaptive_eps_low=SMALL_EPS))
     assert record["results"]["adaptive10"]["accuracy"] <= record["results"]["natural"]["accuracy"]
@@ -219,7 +198,7 @@ def test_an_attack_leaving_its_budget_is_refused(trained, tmp_path, monkeypatch)
     def cheating(steps, eps=None, alpha=None, source="model"):
         return lambda ctx, x, y, gen: ((x + 3 * SMALL_EPS).clamp(0, 1), ctx.cfg.eps)
 
-    monkeypatch.setattr(ev, "pgd_attack", cheating)
+    monkeypatch.setattr(evs, "pgd_attack", cheating)
     with pytest.raises(FastpartError, match="leave the budget"):
         ev.evaluate(eval_config(trained, ("pgd3",), tmp_path))
 
@@ -234,14 +213,14 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys):
 def test_autoattack_needs_four_classes():
     ctx, _ = linear_context(3)
     x, y = linear_data(3, n=8)
-    item = ev.get_evaluator("aa").items(ctx)[0]
+    item = evs.get_evaluator("aa").items(ctx)[0]
     with pytest.raises(FastpartError, match="at least 4 classes"):
         item.correct(ctx, x, y, ev.batch_generator(0, item.seed_key, 0, ctx.device))
 
 
 def test_accuracy_falls_with_corruption_severity(trained, tmp_path):
     """Corruptions of the test images, as CIFAR-10-C's official files lay them out, converted and evaluated."""
-    from fastpart.corruptions import generate_cifar10c
+    from fastpart.data.corruptions import generate_cifar10c
     from fastpart.loader import read_split, split_path
 
     test = read_split(split_path(json.loads((trained / "config.json").read_text())["data_dir"], "shapes", "test"))
@@ -267,3 +246,14 @@ def test_subset_is_seeded_and_sorted():
     assert (a == b).all() and len(set(a.tolist())) == 100 and (a[1:] > a[:-1]).all()
     assert not (ev.subset_indices(1000, 100, 1) == a).all()
     assert (ev.subset_indices(10, None, 0) == range(10)).all()
+
+
+def test_autoattack_on_a_seeded_subset_reports_its_n_and_standard_error(trained, tmp_path):
+    record = ev.evaluate(replace(eval_config(trained, ("natural", "aa-fast"), tmp_path), n=48, aa_n=16))
+    natural, aa = record["results"]["natural"], record["results"]["aa-fast"]
+    assert natural["n"] == 48 and aa["n"] == 16
+    for entry in (natural, aa):
+        p = entry["accuracy"]
+        assert entry["stderr"] == pytest.approx((p * (1 - p) / entry["n"]) ** 0.5)
+    again = ev.evaluate(replace(eval_config(trained, ("aa-fast",), tmp_path / "again"), n=48, aa_n=16))
+    assert again["results"]["aa-fast"]["accuracy"] == aa["accuracy"]  # the same seeded subset

@@ -27,7 +27,6 @@ from fastpart.errors import FastpartError
 from fastpart.kernels import (
     KERNEL_BACKENDS,
     EpsLevels,
-    eps_from_levels,
     pgd_step_,
     pgd_step_reference,
     resolve_backend,
@@ -35,7 +34,6 @@ from fastpart.kernels import (
     uniform_start_reference,
 )
 from fastpart.kernels.reference import eps_tensor_or_float, start_dtype
-from fastpart.masks import eps_map
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ALPHA = 2 / 255
@@ -245,11 +243,6 @@ def test_reference_is_the_former_float32_pgd_step():
     for eps in (8 / 255, make_eps("map", (2, 3, 8, 8), gen), make_eps("plane", (2, 3, 8, 8), gen)):
         former = torch.clamp(torch.min(torch.max(x_adv + ALPHA * grad.sign(), x - eps), x + eps), 0.0, 1.0)
         assert_same(pgd_step_reference(x_adv, grad, x, eps, ALPHA), former)
-
-
-def test_eps_from_levels_matches_the_masks_budget():
-    levels = torch.randint(0, 2, (3, 1, 5, 5), dtype=torch.uint8)
-    assert_same(eps_from_levels(levels, 8 / 255, 7 / 255), eps_map(levels, 8 / 255, 7 / 255))
 
 
 def test_backends_and_auto_choice():

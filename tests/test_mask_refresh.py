@@ -7,10 +7,10 @@ import torch
 
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
-from fastpart.masks import MaskCache
+from fastpart.maskcache import MaskCache
 from fastpart.models import create_model
-from fastpart.shapes import generate_split
-from fastpart.train import refresh_masks
+from fastpart.data.shapes import generate_split
+from fastpart.part import SplitImages, refresh_masks
 
 
 def part_cfg(**changes) -> TrainConfig:
@@ -31,27 +31,27 @@ def setup(tmp_path):
 def test_refresh_is_reused_for_the_same_key_and_rebuilt_for_another(tmp_path):
     model, images, labels, cache = setup(tmp_path)
     cfg = part_cfg()
-    first = refresh_masks(model, images, labels, cfg, cache, "sha256:data")
-    again = refresh_masks(model, images, labels, cfg, cache, "sha256:data")
+    first = refresh_masks(model, SplitImages.from_tensors(images, labels), cfg, cache, "sha256:data")
+    again = refresh_masks(model, SplitImages.from_tensors(images, labels), cfg, cache, "sha256:data")
     assert not first.stats["reused"] and again.stats["reused"] and again.key == first.key
     assert torch.equal(first.levels, again.levels)
     assert first.levels.shape == (96, 1, 32, 32) and 0 < first.stats["important_fraction"] < 0.5
 
-    other_tau = refresh_masks(model, images, labels, part_cfg(tau=0.5),
+    other_tau = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(tau=0.5),
                               cache, "sha256:data")
     assert other_tau.key != first.key and not other_tau.stats["reused"]
     assert other_tau.levels.float().mean() > first.levels.float().mean()
     with torch.no_grad():
         model.classifier.weight.mul_(1.5).add_(0.01)  # the model changed: new masks
-    changed = refresh_masks(model, images, labels, cfg, cache, "sha256:data")
+    changed = refresh_masks(model, SplitImages.from_tensors(images, labels), cfg, cache, "sha256:data")
     assert changed.key not in (first.key, other_tau.key) and not changed.stats["reused"]
     assert cache.keys() == [changed.key]  # older masks pruned
 
 
 def test_native_and_grad_cam_backends_give_the_same_masks(tmp_path):
     model, images, labels, cache = setup(tmp_path)
-    native = refresh_masks(model, images, labels, part_cfg(), cache, "a")
-    oracle = refresh_masks(model, images, labels, part_cfg(cam_backend="grad-cam"),
+    native = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(), cache, "a")
+    oracle = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(cam_backend="grad-cam"),
                            MaskCache(tmp_path / "oracle"), "a")
     mismatch = (native.levels != oracle.levels).float().mean().item()
     assert mismatch < 1e-3  # only pixels within rounding of the threshold may differ
@@ -59,16 +59,16 @@ def test_native_and_grad_cam_backends_give_the_same_masks(tmp_path):
 
 def test_label_target_differs_from_prediction_target(tmp_path):
     model, images, labels, cache = setup(tmp_path)
-    pred = refresh_masks(model, images, labels, part_cfg(), cache, "a")
-    label = refresh_masks(model, images, labels, part_cfg(mask_target="label"),
+    pred = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(), cache, "a")
+    label = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(mask_target="label"),
                           cache, "a")
     assert pred.key != label.key and not torch.equal(pred.levels, label.levels)
 
 
 def test_cam_layer_can_be_chosen_by_name(tmp_path):
     model, images, labels, cache = setup(tmp_path)
-    default = refresh_masks(model, images, labels, part_cfg(), cache, "a")
-    layer3 = refresh_masks(model, images, labels, part_cfg(cam_layer="layer3"), cache, "a")
+    default = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(), cache, "a")
+    layer3 = refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(cam_layer="layer3"), cache, "a")
     assert default.key != layer3.key and not torch.equal(default.levels, layer3.levels)
     with pytest.raises(FastpartError, match="not a module of the model; top-level modules: .*layer4"):
-        refresh_masks(model, images, labels, part_cfg(cam_layer="layer9"), cache, "a")
+        refresh_masks(model, SplitImages.from_tensors(images, labels), part_cfg(cam_layer="layer9"), cache, "a")

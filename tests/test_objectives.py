@@ -161,27 +161,29 @@ def test_mart_wrong_class_is_the_most_likely_non_label():
     assert most_likely_wrong_class(torch.softmax(adv, 1), y_hand).tolist() == Y_WRONG
 
 
-def test_attack_losses_match_hand_sums():
+def test_attack_losses_match_hand_values_per_sample():
     adv, nat, y = tensors()
     probs = natural_probs(nat)
-    ce_sum = sum(ce(z, label) for z, label in zip(Z_ADV, Y))
-    kl_total = sum(kl(softmax(n), softmax(a)) for n, a in zip(Z_NAT, Z_ADV))
-    assert close(attack_loss_fn(OBJECTIVES["at"])(adv, y), ce_sum)
-    assert close(attack_loss_fn(OBJECTIVES["mart"])(adv, y), ce_sum)
-    assert close(attack_loss_fn(OBJECTIVES["trades"], probs)(adv, y), kl_total)
+    ces = [ce(z, label) for z, label in zip(Z_ADV, Y)]
+    kls = [kl(softmax(n), softmax(a)) for n, a in zip(Z_NAT, Z_ADV)]
+    for name, probs_or_none, expected in (("at", None, ces), ("mart", None, ces), ("trades", probs, kls)):
+        losses = attack_loss_fn(OBJECTIVES[name], probs_or_none)(adv, y)
+        assert losses.shape == (2,)  # the attacks' contract: one loss per sample
+        assert all(close(v, e) for v, e in zip(losses, expected)) and close(losses.sum(), sum(expected))
 
 
 # ---- sums vs means, gradients ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["at", "trades", "mart"])
-def test_attack_loss_is_a_sum_and_training_loss_a_mean(name):
+def test_attack_loss_is_per_sample_and_training_loss_a_mean(name):
     adv, nat, y = tensors()
     objective = OBJECTIVES[name]
     adv2, nat2, y2 = torch.cat([adv, adv]), torch.cat([nat, nat]), torch.cat([y, y])
     single = attack_loss_fn(objective, natural_probs(nat))(adv, y)
     double = attack_loss_fn(objective, natural_probs(nat2))(adv2, y2)
-    assert torch.allclose(double, 2 * single, atol=1e-6)
+    assert torch.allclose(double, torch.cat([single, single]), atol=1e-6)
+    assert torch.allclose(double.sum(), 2 * single.sum(), atol=1e-6)
     beta = objective.beta
     assert torch.allclose(objective.loss(adv2, nat2, y2, beta), objective.loss(adv, nat, y, beta), atol=1e-6)
 
@@ -191,19 +193,19 @@ def test_attack_gradient_increases_the_attack_loss(name):
     adv, nat, y = tensors()
     loss_fn = attack_loss_fn(OBJECTIVES[name], natural_probs(nat))
     adv.requires_grad_(True)
-    before = loss_fn(adv, y)
+    before = loss_fn(adv, y).sum()
     (grad,) = torch.autograd.grad(before, adv)
     assert grad.abs().sum() > 0
     with torch.no_grad():
-        assert loss_fn(adv + 1e-2 * grad, y) > before
-        assert loss_fn(adv + 1e-2 * grad.sign(), y) > before
-        assert loss_fn(adv - 1e-2 * grad, y) < before
+        assert loss_fn(adv + 1e-2 * grad, y).sum() > before
+        assert loss_fn(adv + 1e-2 * grad.sign(), y).sum() > before
+        assert loss_fn(adv - 1e-2 * grad, y).sum() < before
 
 
 def test_trades_attack_targets_are_detached():
     _, nat, y = tensors()
     nat.requires_grad_(True)
-    loss = attack_loss_fn(OBJECTIVES["trades"], torch.softmax(nat, 1))(torch.zeros(2, 3, requires_grad=True), y)
+    loss = attack_loss_fn(OBJECTIVES["trades"], torch.softmax(nat, 1))(torch.zeros(2, 3, requires_grad=True), y).sum()
     assert loss.grad_fn is not None
     (grad_nat,) = torch.autograd.grad(loss, nat, allow_unused=True)
     assert grad_nat is None
@@ -213,7 +215,7 @@ def test_trades_attack_gradient_vanishes_at_the_natural_point():
     """Why TRADES starts from x + 0.001 N(0, 1): KL(p || p') has zero gradient at p' = p."""
     _, nat, y = tensors()
     start = nat.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(attack_loss_fn(OBJECTIVES["trades"], natural_probs(nat))(start, y), start)
+    (grad,) = torch.autograd.grad(attack_loss_fn(OBJECTIVES["trades"], natural_probs(nat))(start, y).sum(), start)
     assert grad.abs().max() < 1e-6
 
 

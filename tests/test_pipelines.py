@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from fastpart.datasets import DATASETS
-from fastpart.train import METHODS
+from fastpart.data.datasets import DATASETS
+from fastpart.objectives import METHODS
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 ROWS = [(d, m) for d in ("cifar10", "svhn", "tinyimagenet") for m in METHODS]
 
 
 def test_one_recipe_per_table1_row_each_calling_the_driver():
-    recipes = {p.stem for p in PIPELINES.glob("*.sh")} - {"table1"}
+    recipes = {p.stem for p in PIPELINES.glob("*.sh")} - {"table1", "reproduce_at_part"}
     assert recipes == {f"{d}_{m}" for d, m in ROWS}
     for d, m in ROWS:
         text = (PIPELINES / f"{d}_{m}.sh").read_text()
@@ -59,6 +59,38 @@ def test_smoke(name, data, tmp_path):
     assert (run / "report" / "report.md").is_file()
 
 
+def test_smoke_over_seeds_reports_table1(data, tmp_path):
+    env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
+    result = subprocess.run(["bash", str(PIPELINES / "cifar10_at.sh"), "--smoke", "--seeds", "0,1", "--out",
+                             str(tmp_path / "run"), "--data-dir", str(data)], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed in (0, 1):
+        assert json.loads((tmp_path / f"run_seed{seed}" / "config.json").read_text())["seed"] == seed
+    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "run_seeds" / "report.md")
+    table = (tmp_path / "run_seeds" / "table1.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("at,shapes,resnet18_cifar_w8,2,")
+
+
+def test_smoke_of_the_at_and_part_reproduction(data, tmp_path):
+    env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
+    out = tmp_path / "table1"
+    result = subprocess.run(["bash", str(PIPELINES / "reproduce_at_part.sh"), "--smoke", "--out", str(out),
+                             "--data-dir", str(data)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for method in ("at", "part"):
+        assert json.loads((out / method / "config.json").read_text())["method"] == method
+        record = json.loads((out / method / "eval.json").read_text())
+        assert record["results"]["aa"]["n"] == 8 and record["results"]["natural"]["n"] == 16
+    assert result.stdout.strip().splitlines()[-1] == str(out / "report" / "report.md")
+    again = subprocess.run(["bash", str(PIPELINES / "reproduce_at_part.sh"), "--smoke", "--out", str(out),
+                            "--data-dir", str(data), "--sequential"], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0 and "epoch 1/2" not in again.stdout  # finished runs resume: nothing retrained
+
+
 def test_unknown_option_is_refused():
     bad = subprocess.run(["bash", str(PIPELINES / "cifar10_at.sh"), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+    bad = subprocess.run(["bash", str(PIPELINES / "cifar10_at.sh"), "--seeds", "0,x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--seeds takes comma-separated integers" in bad.stderr

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from fastpart.cli import main
-from fastpart.loader import read_split, split_path
+from fastpart.data.splitfiles import read_split, split_path
 from fastpart.masks import eps_levels
-from fastpart.report import compute_panel, panel_indices
-from fastpart.train import cam_function, load_run, mask_settings
+from fastpart.figures import compute_panel, panel_indices
+from fastpart.part import cam_function, mask_settings
+from fastpart.runs import load_run
 
 TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--epochs", "2", "--batch-size", "32", "--steps", "1",
          "--eval-steps", "1", "--eval-n", "32", "--device", "cpu"]
@@ -79,7 +80,7 @@ def test_single_run_report(runs, capsys):
                 "| mma | MMA (k 3, 20 iterations) | 41.98% |", "| aa | AutoAttack standard | 41.74% |"):
         assert row in text
     assert "precision **fp32**" in text
-    assert "method,natural,pgd20,mma,aa\npart,83.42,43.65,41.98,41.74\n" in text
+    assert "method,dataset,model,natural,pgd20,mma,aa\npart,shapes,resnet18_cifar_w8,83.42,43.65,41.98,41.74\n" in text
     assert "| unbounded_reaches_zero | FAIL | eps 1: 3.1% left |" in text and "| pgd1_vs_pgd20 | pass |" in text
     assert "at least one FAILED" in text
     assert "| gaussian_noise | 81.0% | 72.0% | 63.0% | 54.0% | 45.0% | 63.0% |" in text
@@ -113,7 +114,7 @@ def test_figure2_mask_matches_eps_levels(runs):
     assert indices == panel_indices(arrays.labels, 3)
     assert len(set(arrays.labels[indices].tolist())) == 3  # one image per class first
     x = torch.from_numpy(arrays.images[indices]).permute(0, 3, 1, 2).float().div(255)
-    levels, degenerate = eps_levels(cam_function(loaded.model, cfg)(x, None), (32, 32), mask_settings(cfg))
+    levels, degenerate = eps_levels(cam_function(loaded.model, mask_settings(cfg), cfg.precision)(x, None), (32, 32), mask_settings(cfg))
     assert levels.shape == (3, 1, 32, 32) and not degenerate.any()
     assert total == pytest.approx(100 * float(levels.float().mean()), abs=0.006)
     for i, index in enumerate(indices):
@@ -138,7 +139,7 @@ def test_comparison_of_two_runs(runs, capsys):
     assert "| natural | 83.42% | 82.58% | -0.84 |" in text
     assert "| pgd20 | 43.65% | 43.69% | +0.04 |" in text
     assert "| aa | 41.74% | — | — |" in text and "| aa-fast | — | 41.63% | — |" in text
-    assert "part,83.42,43.65,41.98,41.74\nat,82.58,43.69,41.80,\n" in text  # aa-fast is not AutoAttack
+    assert "part,shapes,resnet18_cifar_w8,83.42,43.65,41.98,41.74\nat,shapes,resnet18_cifar_w8,82.58,43.69,41.80,\n" in text  # aa-fast is not AutoAttack
     assert "| phases | burn-in 1, masked 1 | plain 2 |" in text
     part_indices, _, _ = fractions_in(text, "part: ")
     at_indices, _, _ = fractions_in(text, "at: ")

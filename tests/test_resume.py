@@ -16,7 +16,7 @@ import torch
 from fastpart.cli import main
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
-from fastpart.train import train
+from fastpart.training import train
 
 ARGS = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--method", "part", "--epochs", "4",
         "--burn-in", "1", "--mask-freq", "1", "--batch-size", "32", "--steps", "2", "--eval-steps", "1",

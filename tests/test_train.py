@@ -10,7 +10,8 @@ import torch
 from fastpart.cli import main
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
-from fastpart.train import train
+from fastpart.kernels import EpsLevels, eps_from_levels
+from fastpart.training import train
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
 
 
 def test_paper_defaults_fill_unset_options():
-    from fastpart.train import paper_defaults, resolve
+    from fastpart.settings import paper_defaults, resolve
 
     cfg = resolve(TrainConfig(dataset="cifar10", device="cpu"), paper_defaults({"dataset": "cifar10"}))
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.wd, cfg.milestones) == ("resnet18_cifar", 80, 128, 0.01, 2e-4, (60,))
@@ -60,8 +61,8 @@ def test_diverging_run_stops_with_a_clear_message(data_dir, tmp_path):
 
 
 def test_mma_training_examples_respect_the_mask_weighted_budget(data_dir, tmp_path, monkeypatch):
-    import fastpart.train as train_module
-    from fastpart.masks import MaskCache
+    import fastpart.training as train_module
+    from fastpart.maskcache import MaskCache
 
     seen = []
 
@@ -79,9 +80,10 @@ def test_mma_training_examples_respect_the_mask_weighted_budget(data_dir, tmp_pa
     assert json.loads((run / "config.json").read_text())["ae"] == "mma"
     assert len(seen) == 2 * (400 // 50)
     burn_in, masked = seen[0], seen[-1]
-    assert burn_in[2] == pytest.approx(8 / 255) and burn_in[3]["k"] == 3 and burn_in[3]["n_iter"] == 3
-    x, x_adv, eps, _ = masked
-    assert torch.is_tensor(eps) and eps.shape == (50, 1, 32, 32)
+    assert burn_in[2] == pytest.approx(8 / 255) and burn_in[3]["k"] == 3 and burn_in[3]["steps"] == 3
+    x, x_adv, levels, _ = masked
+    assert isinstance(levels, EpsLevels) and levels.levels.shape == (50, 1, 32, 32)
+    eps = eps_from_levels(levels.levels, levels.high, levels.low)
     assert sorted(eps.unique().tolist()) == pytest.approx([7 / 255, 8 / 255])
     assert bool(((x_adv - x).abs() <= eps + 1e-6).all())  # the per-pixel box holds
     low = (eps < 7.5 / 255).expand_as(x)
