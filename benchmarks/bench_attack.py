@@ -35,7 +35,8 @@ from fastpart.modes import frozen_parameters  # noqa: E402
 EPS, EPS_LOW, ALPHA, STEPS = 8 / 255, 7 / 255, 2 / 255, 10
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (run_all's commands are checked against them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="CPU sizes: resnet18_cifar_w8, batches 16 and 32")
@@ -45,7 +46,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compiled-model", action="store_true", help="also time a torch.compile'd model")
     parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     common.RESULTS = args.results
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"

@@ -215,7 +215,8 @@ def baseline_throughput(data_dir: str, dataset: str, model_name: str, batch_size
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (run_all's commands are checked against them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--data-dir", help="converted data (default: shapes generated into a temporary folder)")
@@ -234,7 +235,11 @@ def main(argv: list[str] | None = None) -> None:
                         "--compile-attack --compile-mode reduce-overhead (the baseline stays eager)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     common.RESULTS = args.results
     device = torch.device(args.device)
     batches = args.batches or (10 if device.type == "cuda" else 3)

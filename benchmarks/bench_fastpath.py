@@ -158,7 +158,8 @@ def count_syncs(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     return {"syncs_per_epoch": seen}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (run_all's commands are checked against them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="converted data (default: shapes generated into a temporary folder)")
     parser.add_argument("--dataset", default="cifar10")
@@ -172,7 +173,11 @@ def main() -> None:
                         choices=["attack", "train", "refresh", "syncs"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON and Markdown")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     device = torch.device(args.device)
     model = args.model or ("resnet18_cifar_w8" if args.small else "resnet18_cifar")
     batches = args.batches or ([16] if args.small else [128, 512])

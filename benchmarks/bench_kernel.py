@@ -85,7 +85,8 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> float:
     return 2 * src.nbytes / seconds / 1e9
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (run_all's commands are checked against them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="tiny sizes (for CPU and the Triton interpreter)")
@@ -96,7 +97,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, help="steps per timed run (default: 50 on CUDA, 2 on CPU)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     common.RESULTS = args.results
     device = torch.device(args.device)
     if device.type == "cpu":

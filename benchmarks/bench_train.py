@@ -62,7 +62,8 @@ def refresh_cost(model_name: str, images: torch.Tensor, labels: torch.Tensor, ba
     return (time.perf_counter() - start) / len(labels) * 1000
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this benchmark (run_all's commands are checked against them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--data-dir", help="converted data (default: shapes generated into a temporary folder)")
@@ -77,7 +78,11 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--skip-refresh-cost", action="store_true", help="skip the native vs grad-cam measurement")
     parser.add_argument("--results", type=Path, default=common.RESULTS, help="folder for the JSON result")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     common.RESULTS = args.results
     device = torch.device(args.device)
 

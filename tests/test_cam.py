@@ -3,8 +3,6 @@ the GradCAM = CAM shortcut, side effects, shapes, grad/autocast contexts and err
 
 from __future__ import annotations
 
-import time
-
 import cv2
 import numpy as np
 import pytest
@@ -236,16 +234,3 @@ def test_bad_arguments_raise_one_line_errors(models) -> None:
         class_activation_maps(model, x, None, backend="torchcam")
     assert no_hooks(model)
 
-
-def test_timing_batch_64(models) -> None:
-    model, x = models["resnet18_cifar_w8"], images(64, 32, 17)
-    y = predicted_targets(model, x)
-    runs = {"native gradcam (GAP shortcut)": dict(method="gradcam"),
-            "native layercam (autograd)": dict(method="layercam"),
-            "grad-cam gradcam": dict(method="gradcam", backend="grad-cam"),
-            "grad-cam layercam": dict(method="layercam", backend="grad-cam")}
-    for label, kwargs in runs.items():
-        class_activation_maps(model, x, y, **kwargs)
-        start = time.perf_counter()
-        class_activation_maps(model, x, y, **kwargs)
-        print(f"\nresnet18_cifar_w8 B=64 {label}: {1e3 * (time.perf_counter() - start):.1f} ms", end="")
