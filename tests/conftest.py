@@ -17,6 +17,17 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.requires_ffcv`` tests (they write or read .beton files) are skipped where ffcv is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("ffcv") is None:
+        skip = pytest.mark.skip(reason="needs ffcv (.beton files): pip install -e '.[ffcv]' (setup.sh does)")
+        for item in items:
+            if "requires_ffcv" in item.keywords:
+                item.add_marker(skip)
+
+
 SMALL_EPS = 2 / 255  # the trained model's budget: a CPU run learns robustness at this scale in a few epochs
 
 
@@ -50,3 +61,21 @@ def trained_shapes(shapes_data) -> Path:
         return train_shapes(shapes_data, shapes_data.parent / "trained", epochs=6)
     finally:
         torch.set_num_threads(threads)
+
+
+REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def real_cifar10(tmp_path_factory) -> tuple[Path, float]:
+    """The offline CIFAR-10 JPEG archive read and converted (npz) once: its folder and the seconds it took."""
+    import time
+
+    from fastpart.cli import main
+
+    if not REAL_CIFAR10.is_file():
+        pytest.skip(f"the offline CIFAR-10 JPEG archive {REAL_CIFAR10} is not present")
+    out = tmp_path_factory.mktemp("real")
+    start = time.perf_counter()
+    assert main(["convert", "cifar10", "--source", str(REAL_CIFAR10), "--out", str(out), "--format", "npz"]) == 0
+    return out / "cifar10", time.perf_counter() - start

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from support import ctrl_c_before_epoch
 
 from fastpart.averaging import WeightAverage
 from fastpart.cli import main
@@ -63,21 +64,6 @@ def test_validation_rows_are_seeded_and_disjoint_from_training():
     assert holdout(100, 0, 3) == (None, None)
     with pytest.raises(FastpartError, match="--val-n"):
         holdout(100, 100, 3)
-
-
-def interrupted(data_dir: Path, out: Path, monkeypatch, before_epoch: int) -> None:
-    import fastpart.training as training
-
-    real = training.train_epoch
-
-    def stopping(model, loader, optimizer, objective, cfg, epoch, *args, **kwargs):
-        if epoch + 1 == before_epoch:
-            raise KeyboardInterrupt
-        return real(model, loader, optimizer, objective, cfg, epoch, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "train_epoch", stopping)
-        assert main(["train", *ARGS, "--data-dir", str(data_dir), "--out", str(out)]) == 130
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +131,8 @@ def test_metrics_report_live_and_averaged_models_and_best_is_the_best_validation
 
 def test_resume_with_average_and_best_checkpoint_is_bit_identical(straight, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "killed"
-    interrupted(data_dir, out, monkeypatch, before_epoch=3)
+    with ctrl_c_before_epoch(monkeypatch, before_epoch=3):
+        assert main(["train", *ARGS, "--data-dir", str(data_dir), "--out", str(out)]) == 130
     assert main(["train", *ARGS, "--data-dir", str(data_dir), "--out", str(out), "--resume"]) == 0
     for name in ("checkpoint.pt", "best.pt"):
         a = torch.load(straight["out"] / name, weights_only=True)

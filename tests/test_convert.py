@@ -23,7 +23,6 @@ from fastpart.cli import main
 from fastpart.data.datasets import ReadResult, SourceFile, file_checksum
 from fastpart.loader import read_split
 
-REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def run(*argv: str) -> int:
@@ -50,6 +49,7 @@ def assert_converted(out_dir: Path, expected: ReadResult, suffix: str = ".beton"
     return manifest
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_cifar10_official_archive(tmp_path):
     expected = make_cifar10_python(tmp_path / "src", n_train=50, n_test=20)
     source = tmp_path / "src" / "cifar-10-python.tar.gz"
@@ -62,6 +62,7 @@ def test_cifar10_official_archive(tmp_path):
     assert manifest["fastpart_version"]
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 @pytest.mark.parametrize("archive", [None, "tar.gz", "zip"])
 def test_imagefolder_tree_and_archives(tmp_path, archive):
     source, expected = make_image_folder(tmp_path / "src", ["cat", "dog", "emu"], {"train": 3, "test": 2}, size=16, archive=archive)
@@ -69,6 +70,7 @@ def test_imagefolder_tree_and_archives(tmp_path, archive):
     assert_converted(tmp_path / "data" / "pets", expected)
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_svhn_mats(tmp_path):
     expected = make_svhn_mats(tmp_path / "src", n_train=30, n_test=20)
     assert run("svhn", "--source", tmp_path / "src", "--out", tmp_path / "data") == 0
@@ -76,12 +78,14 @@ def test_svhn_mats(tmp_path):
     assert expected.splits["train"].labels.min() == 0  # label 10 in the .mat became digit 0
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_tinyimagenet_zip(tmp_path):
     source, expected = make_tinyimagenet_zip(tmp_path / "src", n_classes=3, n_train_per_class=4, n_val_per_class=2)
     assert run("tinyimagenet", "--source", source, "--out", tmp_path / "data") == 0
     assert_converted(tmp_path / "data" / "tinyimagenet", expected)
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_cifar10c_one_file_per_corruption_with_severity(tmp_path):
     expected = make_cifar10c(tmp_path / "src", corruptions=("gaussian_noise", "fog"), n_per_severity=3)
     assert run("cifar10c", "--source", tmp_path / "src", "--out", tmp_path / "data") == 0
@@ -91,6 +95,7 @@ def test_cifar10c_one_file_per_corruption_with_severity(tmp_path):
     assert read_split(out / "fog.beton").extras["severity"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_shapes_with_ground_truth_masks_and_options(tmp_path):
     assert run("shapes", "--n-train", 60, "--n-test", 20, "--seed", 3, "--out", tmp_path / "data") == 0
     from fastpart.data.shapes import generate
@@ -106,6 +111,7 @@ def test_npz_format_reads_back_identically(tmp_path):
     assert_converted(tmp_path / "data" / "cifar10", expected, suffix=".npz")
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_reuse_force_and_changed_source(tmp_path, capsys):
     make_cifar10_python(tmp_path / "src", n_train=25, n_test=10)
     source = tmp_path / "src" / "cifar-10-python.tar.gz"
@@ -130,6 +136,7 @@ def test_reuse_force_and_changed_source(tmp_path, capsys):
     assert_converted(out / "cifar10", expected)
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_generated_options_are_part_of_the_identity(tmp_path, capsys):
     out = tmp_path / "data"
     assert run("shapes", "--n-train", 30, "--n-test", 10, "--out", out) == 0
@@ -173,6 +180,7 @@ def test_missing_source_names_the_file_and_where_to_put_it(tmp_path, capsys):
     assert "train_32x32.mat" in err and "test_32x32.mat" in err and str(out / "downloads") in err
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_source_found_in_downloads_folder(tmp_path):
     out = tmp_path / "data"
     expected = make_cifar10_python(out / "downloads", n_train=25, n_test=10)
@@ -189,6 +197,7 @@ def official(monkeypatch, name: str, files: list[Path]) -> None:
     monkeypatch.setitem(datasets.DATASETS, name, datasets.DatasetInfo(**{**info.__dict__, "sources": sources}))
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_download_from_a_mirror_verifies_checksums(tmp_path, monkeypatch, capsys):
     mirror = tmp_path / "mirror"
     expected = make_svhn_mats(mirror, n_train=10, n_test=5)
@@ -210,6 +219,7 @@ def test_download_failure_is_one_line(tmp_path, capsys):
     assert last.startswith("fastpart convert: error: download of") and "cifar-10-python.tar.gz" in last
 
 
+@pytest.mark.requires_ffcv  # the default output format is .beton
 def test_a_crash_mid_conversion_leaves_nothing_that_looks_finished(tmp_path, monkeypatch, capsys):
     make_cifar10_python(tmp_path / "src", n_train=25, n_test=10)
     source = tmp_path / "src" / "cifar-10-python.tar.gz"
@@ -244,13 +254,13 @@ def test_a_fresh_output_folder_is_removed_when_writing_fails(tmp_path, monkeypat
     assert not (tmp_path / "data" / "shapes").exists()
 
 
-@pytest.mark.skipif(not REAL_CIFAR10.is_file(), reason="the offline CIFAR-10 JPEG archive is not present")
-def test_real_cifar10_jpeg_archive(tmp_path):
-    assert run("cifar10", "--source", REAL_CIFAR10, "--out", tmp_path) == 0
-    manifest = json.loads((tmp_path / "cifar10" / "manifest.json").read_text())
+def test_real_cifar10_jpeg_archive(real_cifar10):
+    folder, seconds = real_cifar10  # converted once per test run (conftest)
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["splits"]["train"]["count"] == 50_000 and manifest["splits"]["test"]["count"] == 10_000
     assert manifest["splits"]["train"]["class_counts"] == [5000] * 10
     assert manifest["splits"]["test"]["class_counts"] == [1000] * 10
     assert manifest["class_names"][:3] == ["airplane", "automobile", "bird"]
+    assert seconds < 120, f"reading and converting took {seconds:.1f} s"
     np.testing.assert_allclose(manifest["mean"], [0.4913, 0.4821, 0.4465], atol=2e-4)
     np.testing.assert_allclose(manifest["std"], [0.2452, 0.2428, 0.2606], atol=2e-4)

@@ -17,17 +17,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import deadline
 
 import fastpart.data.convert as convert_module
 from fastpart.atomic import DiskFull, hold
 
-requires_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason="needs ffcv")
+requires_ffcv = pytest.mark.requires_ffcv
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # `fastpart convert DATASET --option value --flag ...`, as the command runs it
 CONVERT = """
@@ -104,25 +103,6 @@ def test_the_lock_names_the_output_folder_and_survives_its_removal(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # A full disk
 # ---------------------------------------------------------------------------------------------
-
-class Overran(Exception):
-    """The block ran past its deadline (not an OSError: nothing may take it for a full disk)."""
-
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail (``Overran``) instead of hanging when the block runs longer than ``seconds``."""
-    def expired(signum, frame):
-        raise Overran(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
 
 def shapes_config(out: Path, fmt: str = "beton", n_train: int = 1000) -> convert_module.ConvertConfig:
     return convert_module.ConvertConfig("shapes", n_train=n_train, n_test=10, format=fmt, out=str(out))

@@ -213,6 +213,7 @@ def convert(*argv) -> int:
     return main(["convert", *map(str, argv)])
 
 
+@pytest.mark.requires_ffcv
 def test_cli_generates_cifar10c_from_converted_cifar10(tmp_path, capsys):
     source_format, out_format = "beton", "npz"  # .beton written and read back: next test
     expected = make_cifar10_python(tmp_path / "src", n_train=10, n_test=12)
@@ -264,6 +265,7 @@ def test_cli_generates_cifar10c_from_converted_cifar10(tmp_path, capsys):
     assert not np.array_equal(reseeded, seed_4["gaussian_noise"].images)
 
 
+@pytest.mark.requires_ffcv
 def test_cli_writes_generated_cifar10c_as_beton_the_loader_reads(tmp_path):
     expected = make_cifar10_python(tmp_path / "src", n_train=10, n_test=3)
     data = tmp_path / "data"

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import struct
 import tarfile
 import zipfile
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from formats import write_png
 from PIL import Image
+from support import deadline
 
 from fastpart.cli import main
 from fastpart.config import ConvertConfig
@@ -30,25 +30,6 @@ from fastpart.data.readers import read_cifar10, read_imagefolder
 from fastpart.errors import DatasetError
 
 NO_OPTIONS: dict = {}
-
-
-class Overran(Exception):
-    pass
-
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail instead of hanging (or decoding for minutes) when the block runs longer than ``seconds``."""
-    def expired(signum, frame):
-        raise Overran(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import ctrl_c_before_epoch
 
 from fastpart.cli import main
 
@@ -96,17 +97,7 @@ def test_a_refused_resume_writes_nothing(data_dir, tmp_path, capsys):
 
 def interrupted(data_dir: Path, out: Path, monkeypatch, before_epoch: int) -> None:
     """Train PART into ``out`` and stop (Ctrl-C) when epoch ``before_epoch`` (1-based) would start."""
-    import fastpart.training as training
-
-    real = training.train_epoch
-
-    def stopping(model, loader, optimizer, objective, cfg, epoch, *args, **kwargs):
-        if epoch + 1 == before_epoch:
-            raise KeyboardInterrupt
-        return real(model, loader, optimizer, objective, cfg, epoch, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "train_epoch", stopping)
+    with ctrl_c_before_epoch(monkeypatch, before_epoch):
         assert train(data_dir, out, *PART) == 130
 
 

@@ -14,7 +14,7 @@ from fastpart.data.arrays import SplitData
 from fastpart.errors import FastpartError
 from fastpart.loader import DeviceLoader, read_split
 
-requires_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason="needs ffcv")
+requires_ffcv = pytest.mark.requires_ffcv
 N = 6
 KEPT = np.array([10, 3, 7, 42, 5, 0])  # a subset that kept its original indices
 RANKS = [4, 1, 3, 5, 2, 0]
