@@ -1,4 +1,5 @@
-"""Helpers shared by the test files: a deadline for blocks that must not hang, and a run stopped by Ctrl-C."""
+"""Helpers shared by the test files: a deadline for blocks that must not hang, a run stopped by Ctrl-C, and
+randomised batch norms."""
 
 from __future__ import annotations
 
@@ -41,3 +42,20 @@ def ctrl_c_before_epoch(monkeypatch, before_epoch: int) -> Iterator[None]:
     with monkeypatch.context() as patch:
         patch.setattr(training, "train_epoch", stopping)
         yield
+
+
+def randomised(model, seed: int):
+    """Random BN statistics and affines: an untrained net gives varied, non-trivial CAMs, and a swapped or
+    misplaced BN changes the logits. Returns the model in eval mode."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(m.num_features, generator=g))
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+    return model.eval()

@@ -7,10 +7,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from support import randomised
 from torch import nn
 
-from fastpart.cam import (CAM_BACKENDS, CAM_METHODS, GAP_LINEAR_ATTR, _grad_cam_library, class_activation_maps,
-                          feeds_gap_linear, predicted_targets)
+from fastpart.cam import (
+    CAM_BACKENDS,
+    CAM_METHODS,
+    GAP_LINEAR_ATTR,
+    _grad_cam_library,
+    class_activation_maps,
+    feeds_gap_linear,
+    predicted_targets,
+)
 from fastpart.errors import FastpartError
 from fastpart.models import create_model, find_cam_layer
 
@@ -18,19 +26,6 @@ RTOL, ATOL = 1e-4, 1e-5
 SIGNED_XGRADCAM_ATOL = 2e-2
 PUBLIC_ATOL = 1e-4
 INPUT_SIZE = {"resnet18_cifar_w8": 32, "wrn16_2": 32, "resnet18": 64}
-
-
-def randomised(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN statistics and affines, so an untrained net gives varied, non-trivial maps."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(m.num_features, generator=g))
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
-    return model.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -254,6 +254,7 @@ def test_a_fresh_output_folder_is_removed_when_writing_fails(tmp_path, monkeypat
     assert not (tmp_path / "data" / "shapes").exists()
 
 
+@pytest.mark.slow
 def test_real_cifar10_jpeg_archive(real_cifar10):
     folder, seconds = real_cifar10  # converted once per test run (conftest)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -288,6 +288,7 @@ def test_cifar10_empty_folder(tmp_path):
         read("cifar10", tmp_path)
 
 
+@pytest.mark.slow
 def test_cifar10_real_jpeg_archive(real_cifar10):
     """The reader's output as convert wrote it (the archive is read once per test run: conftest)."""
     from fastpart.data.splitfiles import read_split

@@ -244,6 +244,7 @@ def test_two_processes_reach_the_weights_of_one(data_dir, tmp_path):
     assert json.loads((tmp_path / "two" / "env.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_split_refresh_killed_process_and_resume(data_dir, tmp_path):
     finish(launch(data_dir, tmp_path / "one", *PART, "--epochs", "1"))
     run = tmp_path / "two"

@@ -84,6 +84,7 @@ def eval_config(run: Path, attacks: tuple[str, ...], out: Path, **kw) -> EvalCon
     return EvalConfig(run=str(run), attacks=attacks, out=str(out), **{**settings, **kw})
 
 
+@pytest.mark.slow
 def test_attack_ordering_on_a_trained_model(trained, tmp_path):
     attacks = ("natural", "pgd1", "pgd5", "pgd20", "mma", "aa-fast")  # standard AA: the linear model's closed form
     record = ev.evaluate(replace(eval_config(trained, attacks, tmp_path), n=48, batch_size=48))
@@ -134,6 +135,7 @@ def test_files_table_and_csv_row(trained, tmp_path, capsys):
                            f"{100 * results['pgd20']['accuracy']:.2f}"] and rows[1][5:] == ["", ""]
 
 
+@pytest.mark.slow
 def test_transfer_check_with_a_surrogate(trained, shapes_data, tmp_path):
     surrogate = train_shapes(shapes_data, tmp_path / "surrogate", epochs=1, seed=1)
     record = ev.evaluate(eval_config(trained, ("pgd20", "checks"), tmp_path, surrogate=str(surrogate),
@@ -248,6 +250,7 @@ def test_subset_is_seeded_and_sorted():
     assert (ev.subset_indices(10, None, 0) == range(10)).all()
 
 
+@pytest.mark.slow
 def test_autoattack_on_a_seeded_subset_reports_its_n_and_standard_error(trained, tmp_path):
     record = ev.evaluate(replace(eval_config(trained, ("natural", "aa-fast"), tmp_path), n=48, aa_n=8))
     natural, aa = record["results"]["natural"], record["results"]["aa-fast"]

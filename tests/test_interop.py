@@ -139,6 +139,7 @@ def robustbench_eval(monkeypatch):
     return evaluation
 
 
+@pytest.mark.slow
 def test_exported_run_gives_robustbench_the_numbers_of_fastpart_eval(trained_shapes, shapes_data, tmp_path, monkeypatch):
     cifar = tiny_cifar10(shapes_data, tmp_path / "cifar")
     data = tmp_path / "data"

@@ -40,6 +40,7 @@ def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_part_learns(part_run):
     h = history(part_run)
     assert [r["phase"] for r in h] == ["burn-in"] * 2 + ["masked"] * 4
@@ -48,6 +49,7 @@ def test_part_learns(part_run):
     assert h[-1]["test_pgd5_acc"] > 0.3
 
 
+@pytest.mark.slow
 def test_masks_are_refreshed_on_schedule(part_run):
     h = history(part_run)
     refreshed = [r["epoch"] for r in h if "mask_seconds" in r]
@@ -57,6 +59,7 @@ def test_masks_are_refreshed_on_schedule(part_run):
     assert len(list((part_run / "masks").glob("*.masks"))) == 1
 
 
+@pytest.mark.slow
 def test_important_pixels_overlap_the_objects(part_run, data_dir):
     """IoU of the cached important-pixel mask with the ground-truth object mask, against chance."""
     state = torch.load(part_run / "checkpoint.pt", weights_only=True)
@@ -71,6 +74,7 @@ def test_important_pixels_overlap_the_objects(part_run, data_dir):
     assert iou > 0.2 and iou > 2 * chance  # measured: IoU 0.33-0.45 vs chance 0.10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["part-trades", "part-mart"])
 def test_part_trades_and_part_mart_train(method, data_dir, tmp_path):
     assert main(["train", *COMMON, "--method", method, "--epochs", "2", "--burn-in", "1", "--mask-freq", "1",
@@ -81,6 +85,7 @@ def test_part_trades_and_part_mart_train(method, data_dir, tmp_path):
     assert 0.05 < h[1]["important_fraction"] < 0.5 and h[1]["degenerate_maps"] == 0
 
 
+@pytest.mark.slow
 def test_per_batch_masks_without_cache(data_dir, tmp_path):
     assert main(["train", *COMMON, "--method", "part", "--epochs", "2", "--burn-in", "1", "--mask-freq", "0",
                  "--eval-n", "64", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0

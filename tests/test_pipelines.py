@@ -45,6 +45,7 @@ def data(tmp_path_factory) -> Path:
 SMOKED = ["svhn_part-trades", "tinyimagenet_mart"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SMOKED)
 def test_smoke(name, data, tmp_path):
     result = smoke(PIPELINES / f"{name}.sh", tmp_path / "run", data)
@@ -60,6 +61,7 @@ def test_smoke(name, data, tmp_path):
     assert (run / "report" / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_smoke_over_seeds_reports_table1(data, tmp_path):
     env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
     result = subprocess.run(["bash", str(PIPELINES / "cifar10_at.sh"), "--smoke", "--seeds", "0,1", "--out",
@@ -73,6 +75,7 @@ def test_smoke_over_seeds_reports_table1(data, tmp_path):
     assert len(table) == 2 and table[1].startswith("at,shapes,resnet18_cifar_w8,2,")
 
 
+@pytest.mark.slow
 def test_smoke_of_the_at_and_part_reproduction(data, tmp_path):
     env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
     out = tmp_path / "table1"

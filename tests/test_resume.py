@@ -45,6 +45,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(data_dir, tmp_path):
     straight = launch(data_dir, tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]

@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 import timm
 import torch
+from support import randomised
 from torch import nn
 
 from fastpart.models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -78,19 +79,6 @@ FULL_SIZE = [
     ("wrn70_16", {}, "dm_wide_resnet", {"depth": 70, "width": 16}),
     ("wrn70_16", {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}, "dm_wide_resnet", {"depth": 70, "width": 16}),
 ]
-
-
-def randomised(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN statistics and affines: a swapped or misplaced BN would then change the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(m.num_features, generator=g))
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
-    return model.eval()
 
 
 def n_params(model: nn.Module) -> int:
