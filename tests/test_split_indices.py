@@ -63,6 +63,15 @@ def test_unique_indices_become_their_rank_in_the_same_order(tmp_path, write):
     assert arrays.images[:, 0, 0, 0].tolist() == list(range(N))  # rows stay where they are
 
 
+def test_indices_read_back_are_writable_arrays(tmp_path, write):
+    """A .beton's indices came back as a read-only view of ffcv's metadata; the loader's torch.from_numpy then
+    warned that writing to the tensor is undefined behaviour."""
+    writer, suffix = write
+    for indices in (np.arange(N), KEPT):  # in file order (returned as read) and renumbered
+        arrays = read_split(writer(tmp_path / f"rows.{suffix}", indices))
+        assert arrays.indices.flags.writeable and arrays.indices.dtype == np.int64
+
+
 def test_the_loader_looks_per_sample_tensors_up_by_rank(tmp_path):
     path = write_npz(tmp_path / "subset.npz", KEPT)
     aux = torch.arange(N, dtype=torch.float32)[:, None, None].expand(N, 8, 8).contiguous()  # aux of sample k is k

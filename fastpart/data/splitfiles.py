@@ -102,7 +102,8 @@ def beton_indices(path: Path) -> np.ndarray:
     names = list(reader.handlers)
     if "index" not in names:
         raise FastpartError(f"{path}: no 'index' field (fields: {', '.join(names)}); convert the data again")
-    return np.asarray(reader.metadata[f"f{names.index('index')}"], dtype=np.int64).reshape(-1)
+    # a copy: the metadata is a read-only view, and the loader hands these indices to torch.from_numpy
+    return np.array(reader.metadata[f"f{names.index('index')}"], dtype=np.int64).reshape(-1)
 
 
 def check_row_indices(path: Path) -> None:
