@@ -58,7 +58,8 @@ from fastpart.cli import main as cli  # noqa: E402
 from fastpart.config import TrainConfig  # noqa: E402
 from fastpart.data.splitfiles import read_split, split_path  # noqa: E402
 from fastpart.models import create_model, find_cam_layer  # noqa: E402
-from fastpart.settings import dataset_manifest, paper_defaults  # noqa: E402
+from fastpart.data.splitfiles import dataset_manifest  # noqa: E402
+from fastpart.resolve import paper_defaults  # noqa: E402
 
 EPS, EPS_LOW, STEPS, TAU = 8 / 255, 7 / 255, 10, 1.0
 BASELINE = "baseline (released-code style)"

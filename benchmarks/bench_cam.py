@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import device_name, median, table, timed, write_result  # noqa: E402
 
-from fastpart.cam import class_activation_maps, predicted_targets  # noqa: E402
+from fastpart.part.cam import class_activation_maps, predicted_targets  # noqa: E402
 from fastpart.models import create_model  # noqa: E402
 
 RUNS = [("gradcam", "native"), ("gradcam", "grad-cam"), ("layercam", "native"), ("layercam", "grad-cam")]

@@ -44,10 +44,9 @@ from fastpart.config import TrainConfig  # noqa: E402
 from fastpart.data.sources import file_checksum  # noqa: E402
 from fastpart.data.splitfiles import load_manifest, read_split, split_path  # noqa: E402
 from fastpart.kernels import EpsLevels  # noqa: E402
-from fastpart.masks import MaskSettings  # noqa: E402
 from fastpart.models import create_model  # noqa: E402
 from fastpart.objectives import ce_attack  # noqa: E402
-from fastpart.part import split_levels  # noqa: E402
+from fastpart.part import MaskSettings, split_levels  # noqa: E402
 
 EPS, EPS_LOW, ALPHA, STEPS = 8 / 255, 7 / 255, 2 / 255, 10
 FAST = {"compile": True, "compile_attack": True, "compile_mode": "reduce-overhead"}

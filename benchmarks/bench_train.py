@@ -28,9 +28,8 @@ from common import synchronize, table, write_result  # noqa: E402
 from fastpart.cli import main as cli  # noqa: E402
 from fastpart.config import TrainConfig  # noqa: E402
 from fastpart.data.splitfiles import read_split  # noqa: E402
-from fastpart.masks import MaskSettings  # noqa: E402
 from fastpart.models import create_model  # noqa: E402
-from fastpart.part import split_levels  # noqa: E402
+from fastpart.part import MaskSettings, split_levels  # noqa: E402
 from fastpart.training import train  # noqa: E402
 
 

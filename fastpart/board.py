@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fastpart.errors import FastpartError
-from fastpart.masks import MaskSettings, eps_levels
+from fastpart.loader import to_model_input
+from fastpart.part import CamFn, MaskSettings, cam_targets, display_cam, eps_levels
 
 __all__ = ["BOARD", "PANEL_IMAGES", "Board"]
 
@@ -42,17 +42,16 @@ class Board:
                 self.writer.add_scalar(key, float(value), epoch)
         self.writer.flush()
 
-    def log_masks(self, cams_of, images: torch.Tensor, labels: torch.Tensor, settings: MaskSettings, epoch: int) -> None:
+    def log_masks(self, cams_of: CamFn, images: torch.Tensor, labels: torch.Tensor, settings: MaskSettings,
+                  epoch: int) -> None:
         """``cams_of(x, labels or None)``: the run's CAM function; images uint8 (B, H, W, 3)."""
-        x = images[:PANEL_IMAGES].permute(0, 3, 1, 2).float().div(255)
-        targets = labels[:PANEL_IMAGES] if settings.target == "label" else None
-        cams = cams_of(x.contiguous(memory_format=torch.channels_last), targets).float()
-        levels, _ = eps_levels(cams, tuple(x.shape[-2:]), settings)
-        shown = F.interpolate(cams.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        lo = shown.flatten(1).amin(1).view(-1, 1, 1, 1)
-        hi = shown.flatten(1).amax(1).view(-1, 1, 1, 1)
-        shown = (shown - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-        self.writer.add_images("masks/image", x.cpu(), epoch)
+        x = to_model_input(images[:PANEL_IMAGES], torch.float32)
+        cams = cams_of(x.contiguous(memory_format=torch.channels_last),
+                       cam_targets(settings, labels[:PANEL_IMAGES])).float()
+        size = tuple(x.shape[-2:])
+        levels, _ = eps_levels(cams, size, settings)
+        shown = display_cam(cams, size).unsqueeze(1)
+        self.writer.add_images("masks/image", x.contiguous().cpu(), epoch)
         self.writer.add_images("masks/cam", shown.cpu(), epoch)
         self.writer.add_images("masks/mask", levels.float().amax(1, keepdim=True).cpu(), epoch)
         self.writer.flush()

@@ -115,7 +115,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-steps", type=int, default=d.val_steps, help="PGD steps of the validation")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for weights, order, augmentation, attacks")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+    p.add_argument("--precision", default=d.precision, choices=("auto", *PRECISIONS),
                    help="autocast precision of the model (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--loader", default=d.loader, choices=["auto", "memory", "ffcv"], help="loader backend")
     p.add_argument("--workers", type=int, default=d.workers, help="ffcv decoding threads (0: all cores)")
@@ -182,7 +182,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    from fastpart.config import DEFAULT_EVAL_ATTACKS, EvalConfig
+    from fastpart.config import DEFAULT_EVAL_ATTACKS, PRECISIONS, EvalConfig
 
     d = EvalConfig(run="")
     p = sub.add_parser(
@@ -215,7 +215,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="subset and attack seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="autocast precision of the model under attack (default: %(default)s)")
     p.add_argument("--data-dir", help="where the converted dataset lives (default: the run's --data-dir)")
     p.add_argument("--out", help="folder for eval.json / eval.csv (default: the run folder)")

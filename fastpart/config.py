@@ -97,9 +97,9 @@ class TrainConfig:
 
 
 # The choices users make by name, here so that the command line parses without importing torch.
-CAM_METHODS: tuple[str, ...] = ("gradcam", "xgradcam", "layercam")  # fastpart.cam
+CAM_METHODS: tuple[str, ...] = ("gradcam", "xgradcam", "layercam")  # fastpart.part.cam
 CAM_BACKENDS: tuple[str, ...] = ("native", "grad-cam")
-MASK_MODES = ("paper", "reference")  # fastpart.masks
+MASK_MODES = ("paper", "reference")  # fastpart.part.levels
 INTERPOLATIONS = ("bicubic", "bilinear")
 TARGETS = ("pred", "label")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -123,7 +123,7 @@ METHODS: dict[str, Method] = {
 }
 TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
 BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes; "auto" picks one per device
 
 DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
 

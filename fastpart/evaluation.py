@@ -53,11 +53,13 @@ from fastpart.config import EvalConfig
 from fastpart.data.datasets import file_checksum
 from fastpart.data.splitfiles import read_split, split_path
 from fastpart.errors import FastpartError
-from fastpart.evaluators import Context, Evaluator, Item, get_evaluator
+from fastpart.measurements import Context, Evaluator, Item, get_evaluator
 from fastpart.loader import to_model_input
 from fastpart.interop import load_weights
-from fastpart.runs import CHECKPOINTS, EVAL, EVAL_CSV, EVAL_LOCK, EVAL_PROGRESS, LoadedRun, load_run, paper_csv
-from fastpart.settings import AUTOCAST, resolve_device
+from fastpart.precision import autocast_dtype
+from fastpart.records import paper_csv
+from fastpart.resolve import resolve_device
+from fastpart.runfolder import CHECKPOINTS, EVAL, EVAL_CSV, EVAL_LOCK, EVAL_PROGRESS, LoadedRun, load_run
 
 Images = tuple[np.ndarray, np.ndarray]  # uint8 (N, H, W, C), int64 (N,)
 
@@ -191,15 +193,14 @@ def evaluated_model(cfg: EvalConfig, device: torch.device) -> LoadedRun:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluator of ``cfg.attacks`` on the run's model; write and return eval.json's content."""
-    if cfg.precision not in AUTOCAST:
-        raise FastpartError(f"unknown precision {cfg.precision!r}; choose from {', '.join(AUTOCAST)}")
+    autocast = autocast_dtype(cfg.precision)
     if cfg.batch_size < 1:
         raise FastpartError("--batch-size must be >= 1")
     evaluators = [get_evaluator(name) for name in dict.fromkeys(cfg.attacks)]
     device = torch.device(resolve_device(cfg.device))
     run = evaluated_model(cfg, device)
     surrogate = load_run(cfg.surrogate, device, cfg.data_dir) if cfg.surrogate else None
-    ctx = Context(run, cfg, device, AUTOCAST[cfg.precision], surrogate)
+    ctx = Context(run, cfg, device, autocast, surrogate)
     out = Path(cfg.out) if cfg.out else run.run_dir
     with hold(out / EVAL_LOCK, f"evaluation folder {out}"):
         return _evaluate(ctx, evaluators, out)

@@ -25,11 +25,13 @@ import torch
 from fastpart.attacks.pgd import pgd
 from fastpart.data.splitfiles import read_split, split_path
 from fastpart.errors import FastpartError
-from fastpart.kernels import EpsLevels
-from fastpart.masks import eps_levels
-from fastpart.objectives import METHODS
-from fastpart.part import cam_function, mask_settings
-from fastpart.runs import RunRecords, is_number, load_run
+from fastpart.budgets import EpsLevels
+from fastpart.config import METHODS
+from fastpart.loader import to_model_input
+from fastpart.part import cam_targets, display_cam, eps_levels
+from fastpart.records import RunRecords, is_number
+from fastpart.resolve import mask_plan
+from fastpart.runfolder import load_run
 
 __all__ = ["Panel", "accuracy_figure", "compute_panel", "eps_curve_figure", "figure2", "panel_indices",
            "training_figure"]
@@ -128,8 +130,8 @@ def compute_panel(run: str | Path, n_images: int = 4, device: str | torch.device
                   data_dir: str | None = None) -> Panel:
     """Load the run's model and compute its Figure-2 rows (fp32) on ``n_images`` test images.
 
-    The CAM and mask follow the run's mask settings (``fastpart.part.cam_function`` and
-    ``fastpart.masks.eps_levels``, exactly as PART's training does); the perturbation is a cross-entropy
+    The CAM and mask follow the run's mask settings (its ``MaskPlan``'s CAM function and
+    ``fastpart.part.eps_levels``, exactly as PART's training does); the perturbation is a cross-entropy
     PGD-10 (the run's step size, uniform start seeded by the run's seed) under the per-pixel budget
     ``EpsLevels(levels, eps, eps_low)`` for PART methods, else under the uniform ``eps``.
     Raises ``FastpartError`` when the checkpoint or the test split cannot be read.
@@ -142,15 +144,15 @@ def compute_panel(run: str | Path, n_images: int = 4, device: str | torch.device
     indices = panel_indices(arrays.labels, n_images)
     if not indices:
         raise FastpartError(f"the test split of {cfg.dataset} is empty")
-    x = torch.from_numpy(np.ascontiguousarray(arrays.images[indices])).to(device)
-    x = x.permute(0, 3, 1, 2).float().div(255).contiguous()
+    x = to_model_input(torch.from_numpy(np.ascontiguousarray(arrays.images[indices])).to(device), torch.float32)
+    x = x.contiguous()
     y = torch.as_tensor(arrays.labels[indices], dtype=torch.long, device=device)
     size = (int(x.shape[-2]), int(x.shape[-1]))
     with torch.no_grad():
         predictions = model(x).argmax(1)
-    settings = mask_settings(cfg)
-    cams = cam_function(model, settings, cfg.precision)(x, y if cfg.mask_target == "label" else None).float()
-    levels, degenerate = eps_levels(cams, size, settings)
+    plan = mask_plan(cfg)
+    cams = plan.cam_function(model)(x, cam_targets(plan.settings, y)).float()
+    levels, degenerate = eps_levels(cams, size, plan.settings)
     pixel_reweighted = METHODS[cfg.method].pixel_reweighted if cfg.method in METHODS else cfg.method.startswith("part")
     eps = EpsLevels(levels, cfg.eps, cfg.eps_low) if pixel_reweighted else cfg.eps
     alpha = cfg.alpha if cfg.alpha is not None else 2 / 255
@@ -158,10 +160,7 @@ def compute_panel(run: str | Path, n_images: int = 4, device: str | torch.device
     x_adv = pgd(model, x, y, eps, alpha, PANEL_STEPS, generator=generator)
     with torch.no_grad():
         adversarial_predictions = model(x_adv).argmax(1)
-    shown = torch.nn.functional.interpolate(cams.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
-    lo = shown.flatten(1).amin(1).view(-1, 1, 1)
-    hi = shown.flatten(1).amax(1).view(-1, 1, 1)
-    shown = (shown - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    shown = display_cam(cams, size)
     return Panel(
         run_name=Path(loaded.run_dir).resolve().name, method=cfg.method, pixel_reweighted=pixel_reweighted,
         indices=indices, images=x.permute(0, 2, 3, 1).cpu().numpy(), labels=y.tolist(),

@@ -24,8 +24,8 @@ import torch
 from fastpart.atomic import atomic_path, write_json_atomic
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
-from fastpart.runs import EVAL, LoadedRun, build_model, load_run, read_checkpoint
-from fastpart.settings import dataset_manifest
+from fastpart.data.splitfiles import dataset_manifest
+from fastpart.runfolder import EVAL, LoadedRun, build_model, load_run, read_checkpoint
 
 __all__ = ["export_robustbench", "load_weights", "parse_normalize", "plain_state_dict"]
 

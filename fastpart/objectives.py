@@ -25,8 +25,9 @@ PGD starts: uniform in the eps box for AT and MART (Madry et al.; the PART paper
 x + 0.001 N(0, 1) for TRADES (trades.py). (MART's mart.py itself starts from 0.001 N(0, 1); fastpart
 follows the PART paper.)
 
-Methods (``METHODS``): at, trades, mart, and their pixel-reweighted versions part, part-trades, part-mart
-(PART, PART-T, PART-M: the same objective, PGD inside PART's per-pixel budget after the burn-in).
+Methods (``fastpart.config.METHODS``): at, trades, mart, and their pixel-reweighted versions part,
+part-trades, part-mart (PART, PART-T, PART-M: the same objective, PGD inside PART's per-pixel budget after
+the burn-in).
 
 Example:
     objective = get_objective("trades")
@@ -44,7 +45,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fastpart.config import METHODS, Method  # noqa: F401  (the methods built on these objectives)
 from fastpart.errors import FastpartError
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -161,7 +161,8 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def get_objective(name: str) -> Objective:
-    """The ``Objective`` of a base method: ``at``, ``trades`` or ``mart`` (``METHODS`` maps PART's names to them)."""
+    """The ``Objective`` of a base method: ``at``, ``trades`` or ``mart`` (``fastpart.config.METHODS`` maps PART's
+    names to them)."""
     try:
         return OBJECTIVES[name]
     except KeyError:

@@ -3,7 +3,7 @@
 One run (``fastpart report RUN``) -> ``<run>/report/report.md`` with
 
 * the accuracy table of ``eval.json`` (written by ``fastpart eval``), the paper-table CSV row
-  (``fastpart.runs.paper_csv``, as eval.csv), the gradient-masking checks and the CIFAR-10-C table when present;
+  (``fastpart.records.paper_csv``, as eval.csv), the gradient-masking checks and the CIFAR-10-C table when present;
 * the training summary of ``metrics.jsonl`` and ``training.png`` (loss, train natural/adversarial
   accuracy, test accuracies on the eval epochs; burn-in and masked phases shaded);
 * ``eps_curve.png``: accuracy against the budget, when ``eval.json`` holds the curve;
@@ -32,8 +32,9 @@ from fastpart.errors import FastpartError
 from fastpart.figures import (PANEL_STEPS, PHASE_COLOURS, Panel, accuracy_figure, budget_label, compute_panel,
                               curve_points, eps_curve_figure, figure2,
                               test_keys, test_label, training_figure)
-from fastpart.runs import EVAL, METRICS, RunRecords, is_number, paper_csv, read_run
-from fastpart.settings import resolve_device
+from fastpart.records import RunRecords, is_number, paper_csv, read_run
+from fastpart.resolve import resolve_device
+from fastpart.runfolder import EVAL, METRICS
 from fastpart.tables import group_by_seed, paper_comparison, table1_csv, table1_markdown
 
 __all__ = ["csv_rows", "percent", "training_summary", "write_report"]

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from fastpart.config import TrainConfig
-from fastpart.runs import PAPER_COLUMNS, RESUME_MAY_CHANGE, RunRecords, is_number
+from fastpart.records import PAPER_COLUMNS, RunRecords, is_number
+from fastpart.runfolder import RESUME_MAY_CHANGE
 
 __all__ = ["PAPER_TABLE1", "SeedGroup", "group_by_seed", "paper_comparison", "table1_csv", "table1_markdown"]
 

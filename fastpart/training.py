@@ -1,12 +1,16 @@
 """Adversarial training: AT, TRADES, MART and their pixel-reweighted versions PART, PART-T, PART-M.
 
-One epoch: for every batch, craft PGD examples with the model in eval mode (per-pixel budget for
-PART after the burn-in, ``fastpart.part``), then take an SGD step on the method's loss in train mode
-(``fastpart.objectives``). PART's masks are computed for the whole training split at the end of the
-burn-in and every ``mask_freq`` epochs, cached on disk, looked up by sample index and augmented with
-their images by the loader. The run folder (``fastpart.runs``) gets config, environment, one metrics
-line per epoch and an atomic checkpoint per epoch, so ``--resume`` continues a killed run exactly as
-if it had never stopped.
+One epoch: for every batch, craft adversarial examples with the model in eval mode (a generator of
+``fastpart.attacks.generators``; per-pixel budget for PART after the burn-in, ``fastpart.part``), then
+take an SGD step on the method's loss in train mode (``fastpart.objectives``). PART's masks are computed
+for the whole training split at the end of the burn-in and every ``mask_freq`` epochs, cached on disk,
+looked up by sample index and augmented with their images by the loader. The run folder
+(``fastpart.runfolder``) gets config, environment, one metrics line per epoch and an atomic checkpoint
+per epoch, so ``--resume`` continues a killed run exactly as if it had never stopped.
+
+The run's configuration (``TrainConfig``) stops in this module: ``fastpart.step``'s ``train_step`` and
+``train_epoch`` take the model, the optimizer, the objective, a generator, the budget or ``MaskPlan`` and
+the autocast dtype, so they serve a user's own loop as they serve ``fastpart train``.
 
 Under ``torchrun`` (``fastpart.distributed``) every process trains on its shard of each global batch
 (``--batch-scope``): the attack and the CAM masks run on the plain model of the process (no DDP
@@ -39,26 +43,25 @@ from tqdm import tqdm
 
 from fastpart import distributed
 from fastpart.atomic import hold, remove_stale_temporaries, write_json_atomic
-from fastpart.attacks.graphed import graphed_pgd
-from fastpart.attacks.mma import mma
-from fastpart.attacks.pgd import pgd
-from fastpart.config import TrainConfig
-from fastpart.data.datasets import TrainDefaults
-from fastpart.data.splitfiles import split_path
-from fastpart.errors import FastpartError
-from fastpart.kernels import Eps
+from fastpart.attacks.generators import Generator, make_generator
 from fastpart.averaging import WeightAverage
 from fastpart.board import BOARD, Board
+from fastpart.config import METHODS, Method, TrainConfig
+from fastpart.data.datasets import TrainDefaults
+from fastpart.data.splitfiles import dataset_manifest, split_path
+from fastpart.errors import FastpartError
 from fastpart.loader import Augment, DeviceLoader, stream_seed
-from fastpart.maskcache import MaskCache
-from fastpart.masks import refresh_epochs
 from fastpart.models import create_model
-from fastpart.objectives import METHODS, Objective, attack_loss_fn, get_objective, natural_probs
-from fastpart.part import SplitImages, batch_budget, cached_levels, cam_function, mask_settings, refresh_masks
-from fastpart.runs import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, TRAIN_LOCK, TrainingState, append_jsonl, environment,
-                           keep_metrics_until, load_checkpoint, read_checkpoint, resume_conflicts, save_checkpoint)
-from fastpart.settings import AUTOCAST, dataset_manifest, paper_defaults, process_batch_size, resolve
-from fastpart.validation import BestCheckpoint, holdout, split_accuracy
+from fastpart.monitor import BestCheckpoint, holdout, split_accuracy
+from fastpart.objectives import Objective, get_objective
+from fastpart.part import MaskCache, MaskPlan, SplitImages, cached_levels, refresh_epochs, refresh_masks
+from fastpart.precision import autocast_dtype
+from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults,
+                              process_batch_size, resolve)
+from fastpart.runfolder import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, TRAIN_LOCK, TrainingState, append_jsonl,
+                                environment, keep_metrics_until, load_checkpoint, read_checkpoint, resume_conflicts,
+                                save_checkpoint)
+from fastpart.step import train_epoch, train_step
 
 __all__ = ["TrainResult", "train", "train_epoch", "train_step"]
 
@@ -66,89 +69,6 @@ __all__ = ["TrainResult", "train", "train_epoch", "train_step"]
 def attack_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the attack generator (random starts) of ``epoch`` on process ``rank``."""
     return stream_seed(seed, epoch, f"attack/{rank}")
-
-
-# ---------------------------------------------------------------------------------------------
-# One step, one epoch
-# ---------------------------------------------------------------------------------------------
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, x: torch.Tensor,
-               y: torch.Tensor, eps: Eps, cfg: TrainConfig,
-               generator: torch.Generator, update: nn.Module | None = None,
-               average: WeightAverage | None = None) -> torch.Tensor:
-    """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing.
-
-    ``model`` runs the natural forward and the attack (eval mode, input gradients only); ``update``
-    (default: ``model``; the DistributedDataParallel wrapper under several processes) runs the
-    train-mode forward whose backward updates the parameters; ``average`` (``--ema``) follows the
-    parameters of the plain model after the step.
-    """
-    update = model if update is None else update
-    autocast = AUTOCAST[cfg.precision]
-    model.eval()
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        logits_eval = model(x)
-    if cfg.ae == "mma":
-        x_adv = mma(model, x, y, eps, k=3, steps=cfg.steps, generator=generator, autocast_dtype=autocast)
-    elif cfg.compile_attack:
-        probs = natural_probs(logits_eval) if objective.attack_needs_natural_probs else None
-        x_adv = graphed_pgd(model, x, y, eps, cfg.alpha, cfg.steps, objective.attack_loss, probs, start=objective.start,
-                            generator=generator, autocast_dtype=autocast, mode=cfg.compile_mode)
-    else:
-        probs = natural_probs(logits_eval) if objective.attack_needs_natural_probs else None
-        x_adv = pgd(model, x, y, eps, cfg.alpha, cfg.steps, loss_fn=attack_loss_fn(objective, probs),
-                    start=objective.start, generator=generator, autocast_dtype=autocast)
-    model.train()
-    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-        logits_adv = update(x_adv)
-        logits_nat = update(x) if objective.needs_natural_logits else None
-        loss = objective.loss(logits_adv, logits_nat, y, objective.beta)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if average is not None:
-        average.update()
-    return torch.stack([loss.detach().float() * len(y), (logits_eval.argmax(1) == y).sum().float(),
-                        (logits_adv.argmax(1) == y).sum().float()])
-
-
-def train_epoch(model, loader: DeviceLoader, optimizer, objective: Objective, cfg: TrainConfig, epoch: int,
-                generator: torch.Generator, masked: bool, net: nn.Module | None = None,
-                update_net: nn.Module | None = None, average: WeightAverage | None = None) -> dict[str, Any]:
-    """One epoch; ``net`` (default: the model) runs the attack and the update, e.g. a torch.compile'd model;
-    ``update_net`` (default: ``net``) runs the update alone, e.g. the DistributedDataParallel wrapper;
-    ``average`` (``--ema``) is updated after every step.
-    Under several processes the record sums every process's shard. Every sum stays on the device until
-    the end of the epoch (one host synchronisation per epoch)."""
-    sums = torch.zeros(5, device=loader.device)  # loss * B, natural, adversarial, important fraction, degenerate
-    seen = batches = 0
-    attack_net = model if net is None or cfg.compile_attack else net  # a compiled attack compiles the model itself
-    update_net = attack_net if update_net is None else update_net
-    start = time.perf_counter()
-    for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0,
-                      disable=not distributed.is_main()):
-        x, y, _, aux = batch if len(batch) == 4 else (*batch, None)
-        eps: Eps = cfg.eps
-        if masked:
-            eps, batch_stats = batch_budget(model, x, y, aux, cfg)
-            if batch_stats:
-                sums[3] += batch_stats["important"]
-                sums[4] += batch_stats["degenerate"]
-        sums[:3] += train_step(attack_net, optimizer, objective, x, y, eps, cfg, generator, update_net, average)
-        seen += len(y)
-        batches += 1
-    if loader.device.type == "cuda":
-        torch.cuda.synchronize(loader.device)
-    seconds = time.perf_counter() - start
-    totals = torch.tensor([*sums.tolist(), seen, batches], dtype=torch.float64)
-    loss_sum, natural, adversarial, important, degenerate, seen, batches = distributed.all_reduce_sum(totals).tolist()
-    seen, batches = int(seen), int(batches)
-    record = {"loss": loss_sum / seen, "train_natural_acc": natural / seen, "train_adv_acc": adversarial / seen,
-              "images": seen, "epoch_seconds": seconds, "images_per_second": seen / seconds}
-    if masked and cfg.mask_freq == 0:
-        record.update(important_fraction=important / max(batches, 1), degenerate_maps=int(degenerate))
-    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +112,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     held = hold(run_dir / TRAIN_LOCK, f"run folder {run_dir}") if distributed.is_main() else contextlib.nullcontext()
     try:
         with held:
-            return _train(cfg, manifest, defaults, device, batch_size)
+            run = _setup(cfg, manifest, defaults, device, batch_size)
+            try:
+                return _epochs(run)
+            finally:
+                if run.board is not None:
+                    run.board.close()
     except RuntimeError as exc:
         if distributed.world_size() > 1 and distributed.is_communication_error(exc):
             raise distributed.as_distributed_error(exc) from None
@@ -229,14 +154,22 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Modul
 
 @dataclass
 class _Run:
-    """What the epochs of a run work with, set up by ``_train``."""
+    """What the epochs of a run work with, set up once by ``_setup`` from the resolved config."""
 
     cfg: TrainConfig
+    run_dir: Path
+    num_classes: int
+    method: Method
+    objective: Objective
+    generate: Generator
+    autocast: torch.dtype | None
+    masks: MaskPlan
+    schedule: list[int]  # 0-based epochs that begin with a mask refresh (PART)
     state: TrainingState
     train_loader: DeviceLoader
     test_loader: DeviceLoader
     val_loader: DeviceLoader | None
-    net: nn.Module  # the attack's model (compiled with --compile)
+    net: nn.Module  # the attack's model (compiled with --compile; the plain model under --compile-attack)
     update_net: nn.Module  # the update's (DDP under several processes)
     average: WeightAverage | None
     best: BestCheckpoint | None
@@ -245,13 +178,36 @@ class _Run:
     cache: MaskCache
     masks_of: str  # the identity of the masks' data (the training split, less the held-out rows)
     dataset_sha: str
+    start_epoch: int = 0
+    mask_key: str | None = None
+    mask_weights: dict[str, torch.Tensor] | None = None  # the weights the current masks came from
+    history: list[dict[str, Any]] | None = None
+    final_eval: dict[str, float] | None = None  # the last test-set evaluation
 
 
-def _train(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, device: torch.device,
-           batch_size: int) -> TrainResult:
-    method = METHODS[cfg.method]
-    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    run_dir = Path(cfg.out)
+def _loaders(cfg: TrainConfig, defaults: TrainDefaults, device: torch.device, batch_size: int, train_rows,
+             val_rows) -> tuple[DeviceLoader, DeviceLoader, DeviceLoader | None]:
+    augment = Augment(defaults.crop_padding, flip=True) if defaults.augment else None
+    options = dict(device=device, backend=cfg.loader, num_workers=cfg.workers, seed=cfg.seed)
+    train_path = split_path(cfg.data_dir, cfg.dataset, "train")
+    world = distributed.world_size()
+    train_loader = DeviceLoader(train_path, batch_size=batch_size, shuffle=True, augment=augment,
+                                rank=distributed.rank(), world_size=world, subset=train_rows, **options)
+    val_loader = None if val_rows is None else DeviceLoader(
+        train_path, batch_size=max(cfg.batch_size, 256), shuffle=False, drop_last=False, subset=val_rows, **options)
+    test_loader = DeviceLoader(split_path(cfg.data_dir, cfg.dataset, "test"), batch_size=max(cfg.batch_size, 256),
+                               shuffle=cfg.eval_n is not None, drop_last=False, **options)
+    if len(train_loader) == 0:
+        raise FastpartError(f"the training split has {train_loader.num_samples} images, fewer than one global batch "
+                            f"of {batch_size * world}: lower --batch-size")
+    return train_loader, test_loader, val_loader
+
+
+def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, device: torch.device,
+           batch_size: int) -> _Run:
+    """Check a resume, write config and environment, build model, loaders, optimizer and the PART pieces,
+    and restore the state of a resumed run."""
+    main, run_dir = distributed.is_main(), Path(cfg.out)
     dataset_sha = manifest["splits"]["train"]["sha256"]
     previous = distributed.on_main(lambda: _previous_run(cfg, dataset_sha))
     train_rows, val_rows = holdout(manifest["splits"]["train"]["count"], cfg.val_n, cfg.seed)
@@ -265,148 +221,145 @@ def _train(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
 
     torch.manual_seed(cfg.seed)
     model = _model(cfg, manifest["num_classes"], device)
-    augment = Augment(defaults.crop_padding, flip=True) if defaults.augment else None
-    loader_options = dict(device=device, backend=cfg.loader, num_workers=cfg.workers, seed=cfg.seed)
-    train_path = split_path(cfg.data_dir, cfg.dataset, "train")
-    train_loader = DeviceLoader(train_path, batch_size=batch_size, shuffle=True, augment=augment, rank=rank,
-                                world_size=world, subset=train_rows, **loader_options)
-    val_loader = None if val_rows is None else DeviceLoader(
-        train_path, batch_size=max(cfg.batch_size, 256), shuffle=False, drop_last=False, subset=val_rows,
-        **loader_options)
-    test_loader = DeviceLoader(split_path(cfg.data_dir, cfg.dataset, "test"), batch_size=max(cfg.batch_size, 256),
-                               shuffle=cfg.eval_n is not None, drop_last=False, **loader_options)
-    if len(train_loader) == 0:
-        raise FastpartError(f"the training split has {train_loader.num_samples} images, fewer than one global batch "
-                            f"of {batch_size * world}: lower --batch-size")
+    train_loader, test_loader, val_loader = _loaders(cfg, defaults, device, batch_size, train_rows, val_rows)
     # The attack and the masks run on the plain module (input gradients only, nothing to all-reduce); the
     # update runs through DDP. torch.compile wraps the DDP module (its graph breaks at the gradient buckets).
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode
     net = torch.compile(model, mode=mode) if cfg.compile else model
     update_net = net
-    if world > 1:
+    if distributed.world_size() > 1:
         # 1x1 kernels: a weight gradient in channels_last strides has the same memory layout as its bucket view
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         update_net = torch.compile(ddp, mode=mode) if cfg.compile else ddp
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
-    state = TrainingState(model, optimizer, scheduler, torch.Generator(device))
     average = WeightAverage(model, cfg.ema) if cfg.ema is not None else None
     best = None if val_loader is None else BestCheckpoint(
         run_dir / BEST, f"{'ema_' if average else ''}val_pgd{cfg.val_steps}_acc")
-
-    start_epoch, mask_key, mask_weights = 0, None, None
+    method = METHODS[cfg.method]
+    objective = get_objective(method.objective)
+    run = _Run(
+        cfg, run_dir, manifest["num_classes"], method, objective,
+        make_generator(generator_name(cfg), generator_settings(cfg, objective)), autocast_dtype(cfg.precision),
+        mask_plan(cfg), refresh_epochs(cfg.epochs, cfg.burn_in, cfg.mask_freq) if method.pixel_reweighted else [],
+        TrainingState(model, optimizer, scheduler, torch.Generator(device)), train_loader, test_loader, val_loader,
+        model if cfg.compile_attack else net,  # a compiled attack compiles the model itself
+        update_net, average, best, Board(run_dir / BOARD) if cfg.tensorboard and main else None,
+        SplitImages(train_loader.unaugmented, device), MaskCache(run_dir / MASKS),
+        dataset_sha if val_rows is None else f"{dataset_sha}|val={cfg.val_n}@{cfg.seed}", dataset_sha)
     if previous is not None:
-        start_epoch, mask_key = load_checkpoint(previous, state)
-        mask_weights = previous.get("mask_model")
+        run.start_epoch, run.mask_key = load_checkpoint(previous, run.state)
+        run.mask_weights = previous.get("mask_model")
         if average is not None:
             average.load_state_dict(previous["ema"])
         if best is not None:
-            best = BestCheckpoint(best.path, best.metric, previous.get("best"))
-    history = distributed.on_main(lambda: keep_metrics_until(run_dir / METRICS, start_epoch))
-    schedule = refresh_epochs(cfg.epochs, cfg.burn_in, cfg.mask_freq) if method.pixel_reweighted else []
-    split = SplitImages(train_loader, device)
-    masks_of = dataset_sha if val_rows is None else f"{dataset_sha}|val={cfg.val_n}@{cfg.seed}"
-    run = _Run(cfg, state, train_loader, test_loader, val_loader, net, update_net, average, best,
-               Board(run_dir / BOARD) if cfg.tensorboard and main else None, split, MaskCache(run_dir / MASKS),
-               masks_of, dataset_sha)
-    if mask_key is not None and start_epoch < cfg.epochs and start_epoch not in schedule:
-        train_loader.set_aux(_restored_masks(cfg, manifest, device, mask_key, mask_weights, split, run.cache, masks_of))
-    try:
-        return _epochs(run, history, start_epoch, mask_key, mask_weights)
-    finally:
-        if run.board is not None:
-            run.board.close()
+            run.best = BestCheckpoint(best.path, best.metric, previous.get("best"))
+    run.history = distributed.on_main(lambda: keep_metrics_until(run_dir / METRICS, run.start_epoch))
+    if run.mask_key is not None and run.start_epoch < cfg.epochs and run.start_epoch not in run.schedule:
+        train_loader.set_aux(_restored_masks(run))
+    return run
 
 
-def _epochs(run: _Run, history: list[dict[str, Any]], start_epoch: int, mask_key: str | None,
-            mask_weights: dict[str, torch.Tensor] | None) -> TrainResult:
-    """The epochs of a run from ``start_epoch``: refresh masks on schedule, train, evaluate, write the run folder."""
-    cfg, model, optimizer, scheduler = run.cfg, run.state.model, run.state.optimizer, run.state.scheduler
-    method, objective = METHODS[cfg.method], get_objective(METHODS[cfg.method].objective)
-    rank, main = distributed.rank(), distributed.is_main()
-    run_dir = Path(cfg.out)
-    checkpoint, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
-    schedule = refresh_epochs(cfg.epochs, cfg.burn_in, cfg.mask_freq) if method.pixel_reweighted else []
-    average, best, board, split = run.average, run.best, run.board, run.split
+def _epochs(run: _Run) -> TrainResult:
+    """The epochs of a run from its start epoch, then the final test-set evaluation."""
+    cfg, history = run.cfg, run.history
     start = time.perf_counter()
-    final_eval: dict[str, float] = history[-1] if history and "test_n" in history[-1] else {}
-    for epoch in range(start_epoch, cfg.epochs):
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        masked = method.pixel_reweighted and epoch >= cfg.burn_in
-        if epoch in schedule:
-            refresh_start = time.perf_counter()
-            masks = refresh_masks(model, split, cfg, run.cache, run.masks_of)
-            mask_key = masks.key
-            mask_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            run.train_loader.set_aux(masks.levels)
-            record.update(mask_seconds=time.perf_counter() - refresh_start, mask_reused=masks.stats["reused"],
-                          important_fraction=masks.stats["important_fraction"],
-                          degenerate_maps=masks.stats["degenerate"])
-            if board is not None:
-                settings = mask_settings(cfg)
-                board.log_masks(cam_function(model, settings, cfg.precision), *split.get(), settings, epoch + 1)
-        run.train_loader.set_epoch(epoch)
-        run.state.generator.manual_seed(attack_seed(cfg.seed, epoch, rank))
-        record.update(train_epoch(model, run.train_loader, optimizer, objective, cfg, epoch, run.state.generator, masked,
-                                  run.net, run.update_net, average))
-        distributed.broadcast_buffers(model)  # rank 0's batch-norm running statistics everywhere, as DDP does
-        record["phase"] = "masked" if masked else ("burn-in" if method.pixel_reweighted else "plain")
-        if not math.isfinite(record["loss"]):
-            kept = (f"the last good checkpoint is {checkpoint} (epoch {epoch})" if epoch > 0
-                    else "no checkpoint was written (it was the first epoch)")
-            raise FastpartError(f"loss became {record['loss']} in epoch {epoch + 1}; stopped: {kept}; try a lower --lr")
-        scheduler.step()
-        if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            final_eval = _accuracies(model, average, run.test_loader, cfg, cfg.eval_steps, "test", cfg.eval_n)
-            record.update(final_eval)
-        if run.val_loader is not None and (epoch + 1 == cfg.epochs or (epoch + 1) % cfg.val_every == 0):
-            record.update(_accuracies(model, average, run.val_loader, cfg, cfg.val_steps, "val"))
-        if main:
-            append_jsonl(metrics_path, record)  # before the checkpoints: a kill between them re-runs this epoch
-            if board is not None:
-                board.log_epoch(record)
-            if best is not None:
-                best.offer(record, {"model": model.state_dict(), **({"ema": average.state_dict()} if average else {})},
-                           cfg)
-            save_checkpoint(checkpoint, run.state, epoch + 1, mask_key, cfg, {
-                "mask_model": mask_weights, "dataset_sha": run.dataset_sha,
-                "ema": average.state_dict() if average else None, "best": best.state() if best else None})
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
-                f"nat {100 * record['train_natural_acc']:.1f}% adv {100 * record['train_adv_acc']:.1f}% "
-                f"{record['images_per_second']:.0f} img/s"
-            )
-        history.append(record)
-    if not final_eval:
-        final_eval = _accuracies(model, average, run.test_loader, cfg, cfg.eval_steps, "test", cfg.eval_n)
+    run.final_eval = history[-1] if history and "test_n" in history[-1] else {}
+    for epoch in range(run.start_epoch, cfg.epochs):
+        history.append(_epoch(run, epoch))
+    if not run.final_eval:
+        run.final_eval = _accuracies(run, run.test_loader, cfg.eval_steps, "test", cfg.eval_n)
     distributed.barrier()  # every process returns after rank 0 wrote the last checkpoint
-    return TrainResult(cfg, run_dir, history, final_eval, time.perf_counter() - start, rank)
+    return TrainResult(cfg, run.run_dir, history, run.final_eval, time.perf_counter() - start, distributed.rank())
 
 
-def _accuracies(model: nn.Module, average: WeightAverage | None, loader: DeviceLoader, cfg: TrainConfig, steps: int,
-                split: str, limit: int | None = None) -> dict[str, float]:
+def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One epoch: refresh the masks on schedule, train, evaluate when due, write metrics and checkpoint."""
+    cfg, model, state = run.cfg, run.state.model, run.state
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"]}
+    masked = run.method.pixel_reweighted and epoch >= cfg.burn_in
+    if epoch in run.schedule:
+        record.update(_refresh(run, epoch))
+    run.train_loader.set_epoch(epoch)
+    state.generator.manual_seed(attack_seed(cfg.seed, epoch, distributed.rank()))
+    record.update(train_epoch(model, run.train_loader, state.optimizer, run.objective, run.generate, state.generator,
+                              eps=cfg.eps, masks=run.masks if masked else None, autocast_dtype=run.autocast,
+                              attack_net=run.net, update_net=run.update_net, average=run.average,
+                              desc=f"epoch {epoch + 1}/{cfg.epochs}"))
+    distributed.broadcast_buffers(model)  # rank 0's batch-norm running statistics everywhere, as DDP does
+    record["phase"] = "masked" if masked else ("burn-in" if run.method.pixel_reweighted else "plain")
+    checkpoint = run.run_dir / CHECKPOINT
+    if not math.isfinite(record["loss"]):
+        kept = (f"the last good checkpoint is {checkpoint} (epoch {epoch})" if epoch > 0
+                else "no checkpoint was written (it was the first epoch)")
+        raise FastpartError(f"loss became {record['loss']} in epoch {epoch + 1}; stopped: {kept}; try a lower --lr")
+    state.scheduler.step()
+    if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+        run.final_eval = _accuracies(run, run.test_loader, cfg.eval_steps, "test", cfg.eval_n)
+        record.update(run.final_eval)
+    if run.val_loader is not None and (epoch + 1 == cfg.epochs or (epoch + 1) % cfg.val_every == 0):
+        record.update(_accuracies(run, run.val_loader, cfg.val_steps, "val"))
+    if distributed.is_main():
+        _write_epoch(run, record, epoch)
+    return record
+
+
+def _refresh(run: _Run, epoch: int) -> dict[str, Any]:
+    """Recompute (or reuse) the masks of the training split for the model as it is now; hand them to the loader."""
+    model, start = run.state.model, time.perf_counter()
+    masks = refresh_masks(model, run.split, run.masks, run.cache, run.masks_of)
+    run.mask_key = masks.key
+    run.mask_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    run.train_loader.set_aux(masks.levels)
+    if run.board is not None:
+        run.board.log_masks(run.masks.cam_function(model), *run.split.get(), run.masks.settings, epoch + 1)
+    return {"mask_seconds": time.perf_counter() - start, "mask_reused": masks.stats["reused"],
+            "important_fraction": masks.stats["important_fraction"], "degenerate_maps": masks.stats["degenerate"]}
+
+
+def _write_epoch(run: _Run, record: dict[str, Any], epoch: int) -> None:
+    """Rank 0: the metrics line, TensorBoard, best.pt, then the checkpoint (a kill between them re-runs the epoch)."""
+    model, average, best = run.state.model, run.average, run.best
+    append_jsonl(run.run_dir / METRICS, record)
+    if run.board is not None:
+        run.board.log_epoch(record)
+    if best is not None:
+        best.offer(record, {"model": model.state_dict(), **({"ema": average.state_dict()} if average else {})},
+                   run.cfg.to_dict())
+    save_checkpoint(run.run_dir / CHECKPOINT, run.state, epoch + 1, run.mask_key, run.cfg, {
+        "mask_model": run.mask_weights, "dataset_sha": run.dataset_sha,
+        "ema": average.state_dict() if average else None, "best": best.state() if best else None})
+    tqdm.write(
+        f"epoch {epoch + 1}/{run.cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
+        f"nat {100 * record['train_natural_acc']:.1f}% adv {100 * record['train_adv_acc']:.1f}% "
+        f"{record['images_per_second']:.0f} img/s"
+    )
+
+
+def _accuracies(run: _Run, loader: DeviceLoader, steps: int, split: str, limit: int | None = None) -> dict[str, float]:
     """Natural and PGD accuracy of the live model, and of the weight average (keys ``ema_...``) when kept."""
-    found = split_accuracy(model, loader, cfg, steps, split, limit)
-    if average is not None:
-        found.update(split_accuracy(average.module, loader, cfg, steps, split, limit, prefix="ema_"))
+    cfg = run.cfg
+    found = split_accuracy(run.state.model, loader, cfg.eps, steps, cfg.seed, run.autocast, split, limit)
+    if run.average is not None:
+        found.update(split_accuracy(run.average.module, loader, cfg.eps, steps, cfg.seed, run.autocast, split, limit,
+                                    prefix="ema_"))
     return found
 
 
-def _restored_masks(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device, key: str,
-                    weights: dict[str, torch.Tensor] | None, split: SplitImages, cache: MaskCache,
-                    dataset_sha: str) -> torch.Tensor:
+def _restored_masks(run: _Run) -> torch.Tensor:
     """The masks a resumed run was using: from the cache, or, when the file is missing or corrupt, recomputed
     from the weights they came from (kept in the checkpoint), which must give the same key."""
-    if weights is None:  # a checkpoint from before the weights were kept: the cache is all there is
-        found = cached_levels(cache, key, device)
+    device = run.split.device
+    if run.mask_weights is None:  # a checkpoint from before the weights were kept: the cache is all there is
+        found = cached_levels(run.cache, run.mask_key, device)
         if found is None:
-            raise FastpartError(f"the masks of this run ({cache.folder}) are missing or corrupt and its checkpoint "
+            raise FastpartError(f"the masks of this run ({run.cache.folder}) are missing or corrupt and its checkpoint "
                                 f"predates the weights needed to recompute them: restart the run without --resume")
         return found[0]
-    mask_model = _model(cfg, manifest["num_classes"], device)
-    mask_model.load_state_dict(weights)
-    masks = refresh_masks(mask_model, split, cfg, cache, dataset_sha)
-    if masks.key != key:
-        raise FastpartError(f"the masks recomputed for {cfg.out} do not match its checkpoint's mask key")
+    mask_model = _model(run.cfg, run.num_classes, device)
+    mask_model.load_state_dict(run.mask_weights)
+    masks = refresh_masks(mask_model, run.split, run.masks, run.cache, run.masks_of)
+    if masks.key != run.mask_key:
+        raise FastpartError(f"the masks recomputed for {run.cfg.out} do not match its checkpoint's mask key")
     return masks.levels

@@ -34,10 +34,10 @@ def ctrl_c_before_epoch(monkeypatch, before_epoch: int) -> Iterator[None]:
 
     real = training.train_epoch
 
-    def stopping(model, loader, optimizer, objective, cfg, epoch, *args, **kwargs):
-        if epoch + 1 == before_epoch:
+    def stopping(model, loader, *args, **kwargs):
+        if loader.epoch + 1 == before_epoch:  # the loader was set to the epoch about to run
             raise KeyboardInterrupt
-        return real(model, loader, optimizer, objective, cfg, epoch, *args, **kwargs)
+        return real(model, loader, *args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(training, "train_epoch", stopping)

@@ -11,22 +11,21 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fastpart"
 
 # Stages in data-flow order; a module may import only from stages before its own (so modules of one stage
-# never import each other: training, evaluation and report stand side by side). Subpackages count as one module,
-# except data/, whose modules are stages of their own.
+# never import each other: training, evaluation and report stand side by side). Subpackages (loader/, models/,
+# kernels/, part/, attacks/) count as one module, except data/, whose modules are stages of their own.
 STAGES = [
     ["errors"],
-    ["config", "atomic", "modes", "averaging"],
-    ["data.arrays"],
+    ["config", "atomic", "modes", "averaging", "budgets"],
+    ["precision", "data.arrays"],
     ["data.splitfiles", "data.shapes", "data.imageops"],
     ["data.corruptions", "data.sources"],
     ["data.readers"],
     ["data.datasets"],
     ["data.convert", "loader", "models", "kernels", "distributed"],
-    ["cam", "masks", "attacks"],
-    ["maskcache", "objectives", "board"],
-    ["settings"],
-    ["part", "runs", "validation"],
-    ["evaluators", "figures", "interop", "tables"],
+    ["part", "attacks", "objectives"],  # the mask stage; the attacks and their generators; the losses
+    ["board", "step", "monitor", "runfolder"],  # one training step/epoch; training's own accuracy; the run folder
+    ["resolve", "records"],  # a TrainConfig -> what the stages take; a run folder's text records
+    ["measurements", "figures", "interop", "tables"],
     ["training", "evaluation", "report"],
     ["cli"],
     ["__main__"],
@@ -75,6 +74,20 @@ def test_imports_point_one_way():
         for imported in fastpart_imports(path) - {own}:
             assert imported in RANK, f"{path.relative_to(PACKAGE)} imports {imported}, which has no stage"
             assert RANK[imported] < RANK[own], f"{path.relative_to(PACKAGE)} imports {imported} (not an earlier stage)"
+
+
+def _imported_names(path: Path) -> set[str]:
+    return {alias.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+            for alias in node.names}
+
+
+def test_the_run_configuration_stops_at_the_training_loop():
+    """Below ``resolve`` (the step, the masks, the attacks, the loader, training's monitor) nothing takes the
+    whole TrainConfig: each piece receives what it needs. Only the run folder, which records it, may."""
+    for path in PACKAGE.rglob("*.py"):
+        own = module_name(path)
+        if own in RANK and RANK[own] < RANK["resolve"] and own not in ("config", "runfolder"):
+            assert "TrainConfig" not in _imported_names(path), f"{path.relative_to(PACKAGE)} takes the TrainConfig"
 
 
 def test_modules_stay_small():

@@ -15,7 +15,7 @@ from support import ctrl_c_before_epoch
 from fastpart.averaging import WeightAverage
 from fastpart.cli import main
 from fastpart.errors import FastpartError
-from fastpart.validation import holdout
+from fastpart.monitor import holdout
 
 ARGS = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--batch-size", "32", "--steps", "1",
         "--eval-steps", "1", "--eval-n", "16", "--seed", "2", "--method", "part", "--epochs", "4", "--burn-in", "1",
@@ -111,7 +111,7 @@ def test_masks_come_from_the_live_model_and_never_see_the_validation_rows(straig
     assert set(train_loader.subset.tolist()) == set(range(N_TRAIN)) - val_rows
     assert set(val_loader.subset.tolist()) == val_rows
     (cache,) = (straight["out"] / "masks").glob("*.masks")
-    from fastpart.maskcache import MaskCache
+    from fastpart.part import MaskCache
 
     header = MaskCache(cache.parent).header(cache.stem)
     assert header["shape"][0] == N_TRAIN - 32  # masks of the training rows only

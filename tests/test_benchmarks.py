@@ -20,9 +20,9 @@ import bench_baseline  # noqa: E402
 import run_all  # noqa: E402
 
 from fastpart.config import TrainConfig  # noqa: E402
-from fastpart.masks import MaskSettings, eps_levels  # noqa: E402
+from fastpart.part import MaskSettings, eps_levels  # noqa: E402
 from fastpart.models import create_model, find_cam_layer  # noqa: E402
-from fastpart.part import cam_function, mask_settings  # noqa: E402
+from fastpart.resolve import mask_plan  # noqa: E402
 
 
 def test_baseline_masks_equal_fastpart_masks():
@@ -31,7 +31,7 @@ def test_baseline_masks_equal_fastpart_masks():
     x = torch.rand(12, 3, 32, 32)
     x[0] = 0.5  # a flat image too
     levels, degenerate = bench_baseline.per_sample_levels(model, find_cam_layer(model), x)
-    cams = cam_function(model, mask_settings(TrainConfig(cam_backend="native")), "fp32")(x, None)
+    cams = mask_plan(TrainConfig(cam_backend="native", batch_size=32)).cam_function(model)(x, None)
     expected, expected_degenerate = eps_levels(cams, (32, 32), MaskSettings())
     assert levels.shape == expected.shape == (12, 1, 32, 32) and levels.dtype == torch.uint8
     assert degenerate == int(expected_degenerate.sum())

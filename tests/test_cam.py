@@ -1,4 +1,4 @@
-"""fastpart.cam: native CAMs against the pytorch-grad-cam oracle (its raw maps and its public output),
+"""fastpart.part.cam: native CAMs against the pytorch-grad-cam oracle (its raw maps and its public output),
 the GradCAM = CAM shortcut, side effects, shapes, grad/autocast contexts and errors."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from support import randomised
 from torch import nn
 
-from fastpart.cam import (
+from fastpart.part.cam import (
     CAM_BACKENDS,
     CAM_METHODS,
     GAP_LINEAR_ATTR,

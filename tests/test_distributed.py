@@ -38,10 +38,10 @@ from fastpart.data.convert import write_beton, write_npz
 from fastpart.data.datasets import SplitData
 from fastpart.errors import FastpartError
 from fastpart.loader import Augment, DeviceLoader
-from fastpart.maskcache import MaskCache
+from fastpart.part import MaskCache
 from fastpart.data.shapes import generate_split
-from fastpart.part import mask_slice
-from fastpart.settings import paper_defaults, process_batch_size, resolve
+from fastpart.part.refresh import mask_slice
+from fastpart.resolve import paper_defaults, process_batch_size, resolve
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 COMMON = ["--dataset", "shapes", "--batch-size", "64", "--eval-steps", "1", "--eval-n", "64", "--lr", "0.01",

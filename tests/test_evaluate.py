@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 import fastpart.evaluation as ev
-import fastpart.evaluators as evs
+import fastpart.measurements as evs
 from fastpart.cli import main
 from fastpart.config import EvalConfig, TrainConfig
 from fastpart.errors import FastpartError
 from conftest import SMALL_EPS, train_shapes
-from fastpart.runs import EVAL_PROGRESS, LoadedRun
+from fastpart.runfolder import EVAL_PROGRESS, LoadedRun
 
 EPS = 8 / 255
 MARGIN = 0.02  # points whose exact worst-case margin is within this of 0 are left out of the known-answer test
@@ -98,7 +98,7 @@ def test_attack_ordering_on_a_trained_model(trained, tmp_path):
 
 
 def test_more_pgd_steps_never_raise_accuracy_point_by_point(trained):
-    from fastpart.runs import load_run
+    from fastpart.runfolder import load_run
 
     run = load_run(trained)
     ctx = evs.Context(run, eval_config(trained, (), Path(".")), torch.device("cpu"), None)
@@ -149,7 +149,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(trained, tmp_path, m
     whole = ev.evaluate(eval_config(trained, attacks, tmp_path / "whole"))
 
     calls = {"n": 0}
-    real = evs.robust_correct
+    real = evs.attacked_correct
 
     def dying(*args, **kwargs):
         calls["n"] += 1
@@ -157,7 +157,7 @@ def test_interrupted_evaluation_resumes_to_the_same_numbers(trained, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evs, "robust_correct", dying)
+    monkeypatch.setattr(evs, "attacked_correct", dying)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(eval_config(trained, attacks, tmp_path / "split"))
     progress = json.loads((tmp_path / "split" / EVAL_PROGRESS).read_text())["done"]

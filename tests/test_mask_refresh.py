@@ -7,14 +7,15 @@ import torch
 
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
-from fastpart.maskcache import MaskCache
 from fastpart.models import create_model
 from fastpart.data.shapes import generate_split
-from fastpart.part import SplitImages, refresh_masks
+from fastpart.part import MaskCache, MaskPlan, SplitImages, refresh_masks
+from fastpart.resolve import mask_plan
 
 
-def part_cfg(**changes) -> TrainConfig:
-    return TrainConfig(method="part", batch_size=32, precision="fp32", **changes)
+def part_cfg(**changes) -> MaskPlan:
+    """The mask plan of a PART run with these settings."""
+    return mask_plan(TrainConfig(method="part", batch_size=32, precision="fp32", **changes))
 
 
 def setup(tmp_path):

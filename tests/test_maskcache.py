@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import fastpart.atomic
-import fastpart.maskcache as maskcache_module
+import fastpart.part.cache as maskcache_module
 from fastpart.errors import FastpartError
-from fastpart.maskcache import MaskCache, cache_key, key_inputs, pack_levels, unpack_levels
-from fastpart.masks import MaskSettings
+from fastpart.part.cache import MaskCache, cache_key, key_inputs, pack_levels, unpack_levels
+from fastpart.part import MaskSettings
 
 PAPER = MaskSettings()
 REFERENCE = MaskSettings(mode="reference")

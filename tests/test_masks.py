@@ -9,15 +9,8 @@ import torch.nn.functional as F
 
 from fastpart.errors import FastpartError
 from fastpart.kernels import eps_from_levels
-from fastpart.masks import (
-    MaskSettings,
-    compute_split_levels,
-    eps_levels,
-    jet_indices,
-    jet_table,
-    pil_resize,
-    refresh_epochs,
-)
+from fastpart.part import MaskSettings, compute_split_levels, eps_levels, refresh_epochs
+from fastpart.part.released import jet_indices, jet_table, pil_resize
 
 PAPER = MaskSettings()
 REFERENCE = MaskSettings(mode="reference")

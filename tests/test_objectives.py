@@ -175,7 +175,7 @@ def test_attack_losses_match_hand_values_per_sample():
 # ---- sums vs means, gradients ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["at", "trades", "mart"])
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_attack_loss_is_per_sample_and_training_loss_a_mean(name):
     adv, nat, y = tensors()
     objective = OBJECTIVES[name]
@@ -188,7 +188,7 @@ def test_attack_loss_is_per_sample_and_training_loss_a_mean(name):
     assert torch.allclose(objective.loss(adv2, nat2, y2, beta), objective.loss(adv, nat, y, beta), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["at", "trades", "mart"])
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_attack_gradient_increases_the_attack_loss(name):
     adv, nat, y = tensors()
     loss_fn = attack_loss_fn(OBJECTIVES[name], natural_probs(nat))
@@ -222,7 +222,7 @@ def test_trades_attack_gradient_vanishes_at_the_natural_point():
 # ---- dtypes ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["at", "trades", "mart"])
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_bf16_logits_give_the_fp32_loss_in_float32(name):
     objective = OBJECTIVES[name]
     adv, nat, y = tensors()

@@ -15,7 +15,7 @@ import torch
 
 from fastpart.cli import main
 from fastpart.loader import read_split
-from fastpart.maskcache import MaskCache
+from fastpart.part import MaskCache
 
 COMMON = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--eps", str(2 / 255), "--eps-low", str(1 / 255),
           "--alpha", str(1 / 255), "--batch-size", "32", "--lr", "0.02", "--steps", "1", "--eval-steps", "5", "--seed", "0"]

@@ -14,10 +14,10 @@ from PIL import Image
 
 from fastpart.cli import main
 from fastpart.data.splitfiles import read_split, split_path
-from fastpart.masks import eps_levels
+from fastpart.part import eps_levels
 from fastpart.figures import compute_panel, panel_indices
-from fastpart.part import cam_function, mask_settings
-from fastpart.runs import load_run
+from fastpart.resolve import mask_plan
+from fastpart.runfolder import load_run
 
 TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--epochs", "2", "--batch-size", "32", "--steps", "1",
          "--eval-steps", "1", "--eval-n", "32", "--device", "cpu"]
@@ -114,7 +114,7 @@ def test_figure2_mask_matches_eps_levels(runs):
     assert indices == panel_indices(arrays.labels, 3)
     assert len(set(arrays.labels[indices].tolist())) == 3  # one image per class first
     x = torch.from_numpy(arrays.images[indices]).permute(0, 3, 1, 2).float().div(255)
-    levels, degenerate = eps_levels(cam_function(loaded.model, mask_settings(cfg), cfg.precision)(x, None), (32, 32), mask_settings(cfg))
+    levels, degenerate = eps_levels(mask_plan(cfg).cam_function(loaded.model)(x, None), (32, 32), mask_plan(cfg).settings)
     assert levels.shape == (3, 1, 32, 32) and not degenerate.any()
     assert total == pytest.approx(100 * float(levels.float().mean()), abs=0.006)
     for i, index in enumerate(indices):

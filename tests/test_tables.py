@@ -54,7 +54,7 @@ def test_runs_of_other_settings_are_not_grouped(runs, tmp_path):
 
 
 def test_cifar10_rows_are_set_against_the_papers_table1(tmp_path):
-    from fastpart.runs import RunRecords
+    from fastpart.records import RunRecords
     from fastpart.tables import PAPER_TABLE1, group_by_seed, paper_comparison
 
     def run(seed: int, natural: float) -> RunRecords:

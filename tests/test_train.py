@@ -43,7 +43,7 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
 
 
 def test_paper_defaults_fill_unset_options():
-    from fastpart.settings import paper_defaults, resolve
+    from fastpart.resolve import paper_defaults, resolve
 
     cfg = resolve(TrainConfig(dataset="cifar10", device="cpu"), paper_defaults({"dataset": "cifar10"}))
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.wd, cfg.milestones) == ("resnet18_cifar", 80, 128, 0.01, 2e-4, (60,))
@@ -62,7 +62,7 @@ def test_diverging_run_stops_with_a_clear_message(data_dir, tmp_path):
 
 def test_mma_training_examples_respect_the_mask_weighted_budget(data_dir, tmp_path, monkeypatch):
     import fastpart.training as train_module
-    from fastpart.maskcache import MaskCache
+    from fastpart.part import MaskCache
 
     seen = []
 

@@ -8,6 +8,7 @@ eval mode and only input gradients are taken.
     pgd.pgd          PGD / PART's mask-weighted PGD (fused step)     apgd.apgd   Auto-PGD (APGD)
     mma.mma          minimum-margin attack (APGD, top-k targets)     mma.mma_ref the released sign-PGD variant
     robust           robust_correct / robust_accuracy: what counts as robust (one definition)
+    generators       the training-time generators by name (pgd, pgd-compiled, mma): what the training step calls
 
 Submodules are imported where they are used, so ``import fastpart.attacks.pgd`` loads only PGD.
 """

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss, widen
-from fastpart.kernels import Eps, eps_tensor_or_float
+from fastpart.budgets import Eps, eps_tensor_or_float
 from fastpart.modes import eval_mode
 
 RULES = ("reference", "paper")

@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from fastpart.attacks.pgd import random_start
 from fastpart.config import COMPILE_MODES
-from fastpart.kernels import Eps, pgd_step_reference
+from fastpart.budgets import Eps
+from fastpart.kernels import pgd_step_reference
 from fastpart.modes import eval_mode, frozen_parameters
 
 __all__ = ["COMPILE_MODES", "graphed_pgd"]

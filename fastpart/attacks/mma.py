@@ -31,7 +31,7 @@ from fastpart.attacks.apgd import apgd
 from fastpart.attacks.losses import margin, margin_loss_targeted, widen
 from fastpart.attacks.pgd import pgd
 from fastpart.attacks.robust import budget_rows
-from fastpart.kernels import Eps
+from fastpart.budgets import Eps
 from fastpart.modes import eval_mode
 
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss
-from fastpart.kernels import Eps, eps_tensor_or_float, pgd_step_, uniform_start
+from fastpart.budgets import Eps, eps_tensor_or_float
+from fastpart.kernels import pgd_step_, uniform_start
 from fastpart.modes import eval_mode, frozen_parameters
 
 STARTS = ("uniform", "normal", "none")

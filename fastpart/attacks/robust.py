@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.errors import FastpartError
-from fastpart.kernels import Eps, EpsLevels, eps_tensor_or_float
+from fastpart.budgets import Eps, EpsLevels, eps_tensor_or_float
 from fastpart.modes import eval_mode
 
 __all__ = ["BUDGET_SLACK", "budget_rows", "check_budget", "predict_labels", "robust_accuracy", "robust_correct"]

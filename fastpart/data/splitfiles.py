@@ -46,6 +46,15 @@ def load_manifest(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def dataset_manifest(data_dir: str | os.PathLike, dataset: str) -> dict[str, Any]:
+    """The manifest of the converted dataset ``<data_dir>/<dataset>``; one line when there is none."""
+    manifest = load_manifest(Path(data_dir) / dataset)
+    if manifest is None:
+        raise FastpartError(f"no readable manifest in {Path(data_dir) / dataset}: "
+                            f"run `fastpart convert {dataset} --out {data_dir}` first")
+    return manifest
+
+
 def split_path(data_dir: str | os.PathLike, dataset: str, split: str) -> Path:
     """The converted file of one split: ``<data_dir>/<dataset>/<split>.beton`` (or ``.npz``)."""
     folder = Path(data_dir) / dataset

@@ -30,13 +30,10 @@ from typing import Callable
 
 import torch
 
+from fastpart.budgets import Eps, EpsLevels, eps_from_levels, eps_tensor_or_float
 from fastpart.errors import FastpartError
 from fastpart.kernels.reference import (
-    Eps,
-    EpsLevels,
     compute_dtype,
-    eps_from_levels,
-    eps_tensor_or_float,
     pgd_step_reference,
     start_dtype,
     uniform_start_reference,

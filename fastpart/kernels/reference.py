@@ -5,11 +5,8 @@ Per element i, with eps_i the budget of that element (the mask-weighted PGD of t
     step:   x_adv <- clip( min( max( x_adv + alpha * sign(g), x - eps_i ), x + eps_i ), 0, 1 )
     start:  x0    =  clip( x + (2u - 1) * eps_i, 0, 1 ),   u ~ U[0, 1) drawn by torch
 
-Budgets come in three encodings:
-- a Python float: the same eps for every element (standard PGD);
-- a float tensor broadcastable to x: in practice (B, 3, H, W), or (B, 1, H, W) shared by the channels;
-- ``EpsLevels(levels, high, low)``: a uint8 code tensor broadcastable to x, 1 (any non-zero) -> ``high``,
-  0 -> ``low``; ``eps_from_levels`` expands it to the float32 map it stands for.
+Budgets come in the three encodings of ``fastpart.budgets`` (a float, a float tensor broadcastable to x,
+or ``EpsLevels``, which ``eps_from_levels`` expands to the float32 map it stands for).
 
 Arithmetic: sign(g) = (g > 0) - (g < 0), so sign(0) = 0 and a NaN gradient does not move the element
 (as torch.sign on CPU and CUDA). All operands are converted to the compute dtype, float32 (float64 when
@@ -22,35 +19,9 @@ from evaluating the formula in the low-precision dtype, which rounds alpha and e
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
-
 import torch
 
-
-class EpsLevels(NamedTuple):
-    """A two-level budget: ``levels`` uint8, non-zero -> ``high``, 0 -> ``low`` (PART: eps, eps_low)."""
-
-    levels: torch.Tensor
-    high: float
-    low: float
-
-
-Eps = Union[float, torch.Tensor, EpsLevels]
-
-
-def eps_from_levels(levels: torch.Tensor, eps_high: float, eps_low: float,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Levels (any shape, uint8) -> the budget per element, exactly ``eps_high`` where non-zero, else ``eps_low``."""
-    high = torch.tensor(eps_high, dtype=dtype, device=levels.device)
-    low = torch.tensor(eps_low, dtype=dtype, device=levels.device)
-    return torch.where(levels != 0, high, low)
-
-
-def eps_tensor_or_float(eps: Eps, dtype: torch.dtype = torch.float32) -> torch.Tensor | float:
-    """The budget as a float or a float tensor (levels expanded to ``dtype``, float32 by default)."""
-    if isinstance(eps, EpsLevels):
-        return eps_from_levels(eps.levels, eps.high, eps.low, dtype)
-    return eps
+from fastpart.budgets import Eps, EpsLevels, eps_tensor_or_float
 
 
 def compute_dtype(*tensors: torch.Tensor | float) -> torch.dtype:

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastpart.kernels.reference import Eps, EpsLevels
+from fastpart.budgets import Eps, EpsLevels
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK = 1024

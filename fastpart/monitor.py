@@ -1,5 +1,6 @@
-"""What training measures besides its loss: accuracy on the test split and on a held-out validation split,
-and the best checkpoint chosen on the latter.
+"""What training watches besides its loss: accuracy on the test split and on a held-out validation split,
+and the best checkpoint chosen on the latter (``fastpart eval``, the full evaluation of a finished run,
+is ``fastpart.evaluation``).
 
 ``split_accuracy`` is natural and PGD-k accuracy (eps, alpha 2/255, uniform start, CE, stop on success)
 with ``fastpart.attacks.robust``'s definition, the one ``fastpart eval`` uses: a point is robust when
@@ -22,28 +23,27 @@ from fastpart import distributed
 from fastpart.atomic import atomic_path
 from fastpart.attacks.pgd import pgd
 from fastpart.attacks.robust import predict_labels, robust_correct
-from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
 from fastpart.loader import DeviceLoader, stream_seed
-from fastpart.settings import AUTOCAST
 
 __all__ = ["EVAL_ALPHA", "BestCheckpoint", "holdout", "split_accuracy"]
 
 EVAL_ALPHA = 2 / 255  # the PGD step of the evaluations during training (the paper's PGD-20)
 
 
-def split_accuracy(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, steps: int, split: str = "test",
-                   limit: int | None = None, prefix: str = "") -> dict[str, float]:
+def split_accuracy(model: nn.Module, loader: DeviceLoader, eps: float, steps: int, seed: int,
+                   autocast_dtype: torch.dtype | None = None, split: str = "test", limit: int | None = None,
+                   prefix: str = "") -> dict[str, float]:
     """``{prefix}{split}_natural_acc``, ``{prefix}{split}_pgd{steps}_acc`` and ``{prefix}{split}_n`` of
-    ``model`` on the first ``limit`` images of ``loader`` (all: None), in the training precision.
+    ``model`` on the first ``limit`` images of ``loader`` (all: None), under autocast ``autocast_dtype``
+    (the training precision): PGD-``steps`` at ``eps``.
 
     Batch b's random start is seeded from (seed, split, b); under several processes rank r evaluates the
     batches b with b % world_size == r and the counts are summed, so the result does not depend on the
     number of processes.
     """
     model.eval()
-    autocast = AUTOCAST[cfg.precision]
-    predict = predict_labels(model, autocast)
+    predict = predict_labels(model, autocast_dtype)
     rank, world = distributed.rank(), distributed.world_size()
     counts = torch.zeros(3, dtype=torch.float64)  # natural correct, robust correct, images
     taken = 0
@@ -57,14 +57,14 @@ def split_accuracy(model: nn.Module, loader: DeviceLoader, cfg: TrainConfig, ste
         taken += len(y)
         if b % world != rank:
             continue
-        generator = torch.Generator(loader.device).manual_seed(stream_seed(cfg.seed, b, stream))
+        generator = torch.Generator(loader.device).manual_seed(stream_seed(seed, b, stream))
 
         def attack(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-            return pgd(model, xs, ys, cfg.eps, EVAL_ALPHA, steps, generator=generator, autocast_dtype=autocast,
+            return pgd(model, xs, ys, eps, EVAL_ALPHA, steps, generator=generator, autocast_dtype=autocast_dtype,
                        stop_on_success=True)
 
         natural = predict(x) == y
-        robust = robust_correct(predict, x, y, attack, eps=cfg.eps, name=f"{split} PGD-{steps}", natural=natural)
+        robust = robust_correct(predict, x, y, attack, eps=eps, name=f"{split} PGD-{steps}", natural=natural)
         counts += torch.tensor([int(natural.sum()), int(robust.sum()), len(y)], dtype=torch.float64)
     natural, robust, seen = (int(v) for v in distributed.all_reduce_sum(counts).tolist())
     head = f"{prefix}{split}"
@@ -93,14 +93,14 @@ class BestCheckpoint:
     def state(self) -> dict[str, Any]:
         return {"metric": self.metric, "epoch": self.epoch, "value": self.value}
 
-    def offer(self, record: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]], cfg: TrainConfig) -> bool:
+    def offer(self, record: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]], config: dict[str, Any]) -> bool:
         """Write best.pt when ``record`` beats the best so far; ``weights``: "model" and optionally "ema"
-        state dicts. Returns whether it did."""
+        state dicts; ``config``: the run's settings (``TrainConfig.to_dict()``). Returns whether it did."""
         value = record.get(self.metric)
         if value is None or (self.value is not None and value <= self.value):
             return False
         self.epoch, self.value = int(record["epoch"]), float(value)
-        payload = {**weights, "epoch": self.epoch, "config": cfg.to_dict(), "selected_by": self.metric,
+        payload = {**weights, "epoch": self.epoch, "config": config, "selected_by": self.metric,
                    "value": self.value, "record": record}
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)

@@ -42,7 +42,10 @@ from fastpart.config import CAM_BACKENDS, CAM_METHODS
 from fastpart.errors import FastpartError
 from fastpart.models import find_cam_layer
 
-__all__ = ["CAM_BACKENDS", "CAM_METHODS", "class_activation_maps", "feeds_gap_linear", "predicted_targets"]
+__all__ = ["CAM_BACKENDS", "CAM_METHODS", "CamFn", "class_activation_maps", "feeds_gap_linear", "predicted_targets"]
+
+# What PART's masks are computed from: (x (B, 3, H, W) in [0, 1], targets (B,) or None) -> raw CAMs (B, h, w).
+CamFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 GAP_LINEAR_ATTR = "cam_layer_feeds_gap_linear"

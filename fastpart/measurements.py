@@ -1,4 +1,6 @@
-"""The attacks of ``fastpart eval``, by name: a registry of *evaluators*, each a list of accuracy *items*.
+"""What ``fastpart eval`` can measure, by name (``--attacks``): a registry of *evaluators*, each a list of
+accuracy *items*. (``fastpart.evaluation`` runs them and writes eval.json; ``fastpart.monitor`` is the
+accuracy training watches while it runs.)
 
 An item is one accuracy over a data set (the test split, a subset, or one CIFAR-10-C corruption and
 severity): per batch, a bool per point (correct / robust under ``fastpart.attacks.robust``'s definition).
@@ -22,10 +24,11 @@ from fastpart.attacks.mma import mma, mma_ref
 from fastpart.attacks.pgd import pgd
 from fastpart.config import EvalConfig
 from fastpart.errors import FastpartError
-from fastpart.kernels import Eps, EpsLevels
-from fastpart.part import mask_settings, part_budget
-from fastpart.runs import LoadedRun
-from fastpart.settings import dataset_manifest
+from fastpart.budgets import Eps, EpsLevels
+from fastpart.part import part_budget
+from fastpart.data.splitfiles import dataset_manifest
+from fastpart.resolve import mask_settings
+from fastpart.runfolder import LoadedRun
 
 UNBOUNDED_EPS, UNBOUNDED_ALPHA, UNBOUNDED_STEPS = 1.0, 0.05, 50
 AA_ATTACKS = {"aa-apgd-ce": ["apgd-ce"], "aa-apgd-t": ["apgd-t"], "aa-fab-t": ["fab-t"], "aa-square": ["square"],
@@ -81,8 +84,8 @@ class Context:
 Attack = Callable[[Context, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, Eps]]
 
 
-def robust_correct(ctx: Context, name: str, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-                   attack: Attack) -> torch.Tensor:
+def attacked_correct(ctx: Context, name: str, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                     attack: Attack) -> torch.Tensor:
     """Per-point robustness (``fastpart.attacks.robust``): clean-correct, and still correct on ``attack``'s
     output, which must lie inside the budget the attack returns."""
     return robust.robust_correct(ctx.predict, x, y, lambda xs, ys: attack(ctx, xs, ys, gen), name=name)
@@ -194,7 +197,7 @@ def natural_item() -> Item:
 
 
 def attack_item(key: str, attack: Attack, stream: str = "", data: str = "test") -> Item:
-    return Item(key, lambda ctx, x, y, gen: robust_correct(ctx, key, x, y, gen, attack), data=data, stream=stream)
+    return Item(key, lambda ctx, x, y, gen: attacked_correct(ctx, key, x, y, gen, attack), data=data, stream=stream)
 
 
 def autoattack_evaluator(name: str, label: str, attacks: list[str] | None) -> Evaluator:

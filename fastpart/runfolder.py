@@ -6,23 +6,20 @@
     <run>/checkpoint.pt    model, optimizer, schedule, RNG,    (train; atomic, every epoch)
                            mask key and the weights the masks came from
     <run>/best.pt          weights of the best validation epoch (train --val-n; atomic)
-    <run>/masks/           PART's mask cache                   (train; fastpart.maskcache)
+    <run>/masks/           PART's mask cache                   (train; fastpart.part.cache)
     <run>/eval.json, eval.csv, eval-progress.json              (eval)
     <run>/report/          report.md + PNGs                    (report)
     <run>/.train.lock, .eval.lock                              (OS locks: one trainer, one evaluator at a time)
 
 Every write that matters is atomic (``fastpart.atomic``); checkpoints load with
 ``torch.load(weights_only=True)`` and a file that does not load is one line, never a hint to load it
-unsafely. ``read_run`` reads the text records of a folder for reports; ``load_run`` restores its model.
+unsafely. ``load_run`` restores a run's model; ``fastpart.records`` reads the text records for reports.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
-import io
 import json
-import math
 import os
 import platform
 from dataclasses import dataclass, replace
@@ -36,9 +33,9 @@ import fastpart
 from fastpart import distributed
 from fastpart.atomic import atomic_path, write_bytes_atomic
 from fastpart.config import TrainConfig
+from fastpart.data.splitfiles import dataset_manifest
 from fastpart.errors import FastpartError
 from fastpart.models import create_model
-from fastpart.settings import dataset_manifest
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -54,11 +51,11 @@ TRAIN_LOCK = ".train.lock"  # held by the training process (rank 0) for the whol
 EVAL_LOCK = ".eval.lock"  # held by an evaluation writing into the folder (an evaluation may run beside training)
 RESUME_MAY_CHANGE = {"resume", "eval_every", "workers", "compile", "compile_mode", "compile_attack", "tensorboard", "out",
                      "data_dir"}
-PAPER_COLUMNS = ("natural", "pgd20", "mma", "aa")  # the paper's Table 1 columns, as eval.json names them
 
-__all__ = ["CHECKPOINT", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "METRICS", "PAPER_COLUMNS", "LoadedRun",
-           "RunRecords", "TrainingState", "append_jsonl", "checkpoint_path", "environment", "load_run",
-           "paper_csv", "read_metrics", "read_run", "save_checkpoint"]
+__all__ = ["BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
+           "MASKS", "METRICS", "REPORT", "RESUME_MAY_CHANGE", "TRAIN_LOCK", "LoadedRun", "TrainingState",
+           "append_jsonl", "build_model", "checkpoint_path", "environment", "keep_metrics_until", "load_checkpoint",
+           "load_run", "read_checkpoint", "read_metrics", "resume_conflicts", "save_checkpoint"]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -263,88 +260,3 @@ def load_run(run_or_checkpoint: str | Path, device: str | torch.device = "cpu", 
     manifest = dataset_manifest(cfg.data_dir, cfg.dataset)
     model = build_model(cfg.model, manifest["num_classes"], device, state, str(path))
     return LoadedRun(model, cfg, path, path.parent, int(payload["epoch"]), manifest)
-
-
-# ---------------------------------------------------------------------------------------------
-# Text records, for reports
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunRecords:
-    """What a run folder holds as text: settings, environment, per-epoch metrics and the evaluation."""
-
-    path: Path
-    config: dict[str, Any]
-    env: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    evaluation: dict[str, Any] | None
-    skipped_lines: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
-
-    def setting(self, key: str, default: Any = "?") -> Any:
-        """A setting from config.json, else from eval.json, else ``default``."""
-        value = self.config.get(key)
-        if value is None and self.evaluation is not None:
-            value = self.evaluation.get(key)
-        return default if value is None else value
-
-    @property
-    def results(self) -> dict[str, dict[str, Any]]:
-        if self.evaluation is None:
-            return {}
-        results = self.evaluation.get("results")
-        return results if isinstance(results, dict) else {}
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FastpartError(f"cannot read {path}: {exc}") from None
-
-
-def read_run(run: str | Path) -> RunRecords:
-    """Read config.json, env.json, metrics.jsonl and eval.json (each optional) of a run folder.
-
-    A folder with neither config.json nor metrics.jsonl is not a run: ``FastpartError``. Unreadable
-    metric lines (a run killed mid-write) are skipped and counted.
-    """
-    path = Path(run)
-    if not path.is_dir():
-        raise FastpartError(f"no run folder at {path}")
-    if not (path / CONFIG).is_file() and not (path / METRICS).is_file():
-        raise FastpartError(f"{path} is not a run folder written by `fastpart train` (no {CONFIG} or {METRICS})")
-    config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
-    env = _read_json(path / ENV) if (path / ENV).is_file() else {}
-    metrics, skipped = read_metrics(path / METRICS)
-    evaluation = _read_json(path / EVAL) if (path / EVAL).is_file() else None
-    if evaluation is not None and not isinstance(evaluation, dict):
-        raise FastpartError(f"{path / EVAL} is not a JSON object")
-    return RunRecords(path, config if isinstance(config, dict) else {}, env if isinstance(env, dict) else {},
-                      metrics, evaluation, skipped)
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool): what a JSON record holds where a measurement was made."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _percent_cell(value: Any) -> str:
-    return f"{100 * value:.2f}" if is_number(value) else ""
-
-
-def paper_csv(evaluation: dict[str, Any]) -> str:
-    """The paper-table CSV of an eval.json record: a header and one row, method, dataset, model, then
-    natural / PGD-20 / MMA / AA in percent with two decimals (empty where not measured)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "dataset", "model", *PAPER_COLUMNS])
-    results = evaluation.get("results") if isinstance(evaluation.get("results"), dict) else {}
-    cells = [_percent_cell(results[c].get("accuracy")) if isinstance(results.get(c), dict) else ""
-             for c in PAPER_COLUMNS]
-    writer.writerow([evaluation.get("method", ""), evaluation.get("dataset", ""), evaluation.get("model", ""), *cells])
-    return buffer.getvalue()

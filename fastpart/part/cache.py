@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from fastpart.atomic import atomic_path
 from fastpart.errors import FastpartError
-from fastpart.masks import MaskSettings
+from fastpart.part.levels import MaskSettings
 
 __all__ = ["CacheMiss", "CorruptCache", "MaskCache", "cache_key", "key_inputs", "pack_levels", "unpack_levels"]
 

@@ -1,38 +1,32 @@
-"""From what the user asked for to the settings a run uses: paper defaults per dataset, the device, checks.
+"""From what the user asked for (a ``TrainConfig``) to what a run uses: paper defaults, the device, checks, and
+the objects the stages below training are built from.
 
 ``resolve(cfg, defaults)`` fills every unset field of a ``TrainConfig`` (``None``) from the dataset's
 paper settings (``fastpart.data.datasets.TrainDefaults``) and the machine (``auto`` device and
-precision), and refuses impossible combinations with one line. ``dataset_manifest`` reads a converted
-dataset's manifest (one line when it is missing). ``AUTOCAST`` maps a precision name to the autocast
-dtype every stage uses.
+precision), and refuses impossible combinations with one line. The run's configuration stops here: ``mask_plan``
+(PART's masks), ``generator_settings`` / ``generator_name`` (the training attack) and
+``process_batch_size`` turn it into what the mask stage, the attacks and the loader take.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastpart.config import BATCH_SCOPES, TRAINING_ATTACKS, TrainConfig
+from fastpart.attacks.generators import GeneratorSettings
+from fastpart.config import BATCH_SCOPES, METHODS, TRAINING_ATTACKS, TrainConfig
 from fastpart.data.datasets import DATASETS, TrainDefaults
-from fastpart.data.splitfiles import load_manifest
 from fastpart.errors import FastpartError
-from fastpart.objectives import METHODS
+from fastpart.objectives import Objective
+from fastpart.part import MASK_BATCH, MaskPlan, MaskSettings
+from fastpart.precision import AUTOCAST, autocast_dtype
 
-__all__ = ["AUTOCAST", "dataset_manifest", "paper_defaults", "process_batch_size", "resolve", "resolve_device"]
+__all__ = ["generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
+           "process_batch_size", "resolve", "resolve_device"]
 
 FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
-AUTOCAST: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def dataset_manifest(data_dir: str, dataset: str) -> dict[str, Any]:
-    manifest = load_manifest(Path(data_dir) / dataset)
-    if manifest is None:
-        raise FastpartError(f"no readable manifest in {Path(data_dir) / dataset}: "
-                            f"run `fastpart convert {dataset} --out {data_dir}` first")
-    return manifest
 
 
 def paper_defaults(manifest: dict[str, Any]) -> TrainDefaults:
@@ -95,3 +89,25 @@ def process_batch_size(cfg: TrainConfig, world_size: int) -> int:
         raise FastpartError(f"--batch-size {cfg.batch_size} (the global batch) does not split over {world_size} "
                             f"processes: give a multiple of {world_size}, or --batch-scope per-gpu")
     return cfg.batch_size // world_size
+
+
+def mask_settings(cfg: TrainConfig) -> MaskSettings:
+    """The mask settings of a training config (``--mask-mode``, ``--tau``, ``--cam``, ``--cam-backend`` ...)."""
+    return MaskSettings(mode=cfg.mask_mode, tau=cfg.tau, interpolation=cfg.interpolation, cam=cfg.cam,
+                        target=cfg.mask_target, layer=cfg.cam_layer, backend=cfg.cam_backend)
+
+
+def mask_plan(cfg: TrainConfig) -> MaskPlan:
+    """What a run's masks need (a resolved config): settings, budgets, the CAMs' precision, the refresh batch."""
+    return MaskPlan(mask_settings(cfg), cfg.eps, cfg.eps_low, cfg.precision, max(cfg.batch_size, MASK_BATCH))
+
+
+def generator_name(cfg: TrainConfig) -> str:
+    """The registered generator of the training examples: ``--ae``, with PGD compiled under --compile-attack."""
+    return "pgd-compiled" if cfg.ae == "pgd" and cfg.compile_attack else cfg.ae
+
+
+def generator_settings(cfg: TrainConfig, objective: Objective) -> GeneratorSettings:
+    """The training attack's settings (a resolved config): the objective's loss and start, alpha, steps."""
+    return GeneratorSettings(objective.attack_loss, objective.start, cfg.alpha, cfg.steps,
+                             autocast_dtype(cfg.precision), cfg.compile_mode)
