@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastpart.data.datasets import DATASETS
-from fastpart.objectives import METHODS
+from fastpart.config import METHODS
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 ROWS = [(d, m) for d in ("cifar10", "svhn", "tinyimagenet") for m in METHODS]
