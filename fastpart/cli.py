@@ -6,11 +6,17 @@ Every verb imports its stage only when it runs, so ``fastpart --version`` and ``
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
 
 import fastpart
+from fastpart.config import GROUPS, budget_label, default_of, did_you_mean, options, parse_budget
 from fastpart.errors import FastpartError
+
+LATEST_RUN = "runs/latest"  # where `fastpart train` writes by default, and what eval and report read by default
 
 
 def _datasets_help() -> str:
@@ -22,6 +28,7 @@ def _datasets_help() -> str:
 def add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
+        allow_abbrev=False,
         help="convert a dataset's source files into .beton splits + manifest.json",
         description="Convert a dataset into <out>/<name>/<split>.beton (lossless raw images, label, index and "
         "extra fields) plus a manifest.json. A current conversion is reused unless --force.",
@@ -58,114 +65,171 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from fastpart.config import (BATCH_SCOPES, CAM_BACKENDS, CAM_METHODS, COMPILE_MODES, INTERPOLATIONS, MASK_MODES,
-                                 METHODS, PRECISIONS, TARGETS, TRAINING_ATTACKS, TrainConfig)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (and a did-you-mean for a misspelt choice), exit status 2."""
 
-    d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, help="converted dataset name (folder under --data-dir)")
-    p.add_argument("--data-dir", default=d.data_dir, help="where `fastpart convert --out` wrote")
-    p.add_argument("--out", default=d.out, help="run folder for metrics, config, masks and checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--method", default=d.method, choices=list(METHODS),
-                   help="at/trades/mart, or their pixel-reweighted versions part/part-trades/part-mart")
-    p.add_argument("--model", help="fastpart or timm model name (default: the dataset's paper model)")
-    p.add_argument("--epochs", type=int, help="epochs (default: the dataset's paper setting)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: paper setting); see --batch-scope")
-    p.add_argument("--batch-scope", default=d.batch_scope, choices=BATCH_SCOPES,
-                   help="under torchrun: global (--batch-size is the global batch, each of the N processes takes "
-                   "batch-size / N; it must divide) or per-gpu (each process takes --batch-size). The lr is not "
-                   "rescaled: set --lr for the global batch yourself")
-    p.add_argument("--lr", type=float, help="SGD learning rate (default: paper setting)")
-    p.add_argument("--wd", type=float, help="weight decay (default: paper setting)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--milestones", type=int, nargs="*", help="epochs where lr drops 10x (default: 75%% of epochs)")
-    p.add_argument("--eps", type=float, default=d.eps, help="L-inf budget of important pixels, [0, 1] units")
-    p.add_argument("--eps-low", type=float, default=d.eps_low, help="PART: budget of the other pixels")
-    p.add_argument("--alpha", type=float, help="PGD step size (default: the dataset's paper setting)")
-    p.add_argument("--steps", type=int, default=d.steps, help="attack steps during training (PGD steps; MMA: "
-                   "APGD iterations per target)")
-    p.add_argument("--ae", default=d.ae, choices=TRAINING_ATTACKS,
-                   help="training adversarial examples: pgd (the objective's loss), or mma (minimum-margin attack, "
-                   "top-3 targets; PART's App. H.4), both under the (mask-weighted) budget")
-    p.add_argument("--burn-in", type=int, default=d.burn_in, help="PART: epochs of the plain base method first")
-    p.add_argument("--mask-freq", type=int, default=d.mask_freq,
-                   help="PART: recompute masks every N epochs after the burn-in (0: per batch, no cache)")
-    p.add_argument("--cam", default=d.cam, choices=CAM_METHODS, help="PART: class activation map method")
-    p.add_argument("--cam-backend", default=d.cam_backend, choices=CAM_BACKENDS,
-                   help="PART: native batched CAM, or the pytorch-grad-cam package")
-    p.add_argument("--cam-layer", help="PART: module name whose output the CAM explains (default: the model's "
-                   "last conv block, e.g. layer4 of ResNet-18, block3 of WRN)")
-    p.add_argument("--mask-mode", default=d.mask_mode, choices=MASK_MODES,
-                   help="PART: paper (per pixel, standardised map > tau) or reference (released code, per channel)")
-    p.add_argument("--mask-target", default=d.mask_target, choices=TARGETS,
-                   help="PART: explain the predicted class or the true label")
-    p.add_argument("--tau", type=float, default=d.tau, help="PART: threshold on the standardised CAM")
-    p.add_argument("--interpolation", default=d.interpolation, choices=INTERPOLATIONS, help="PART: CAM upsampling")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="test natural + PGD accuracy every k epochs (0: end only)")
-    p.add_argument("--eval-n", type=int, help="evaluate on a seeded subset of this many test images (default: all)")
-    p.add_argument("--eval-steps", type=int, default=d.eval_steps, help="PGD steps of the test-set evaluation")
-    p.add_argument("--ema", type=float, metavar="DECAY",
-                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999; buffers are "
-                   "copied, not averaged); evaluations report the live and the averaged model (default: off)")
-    p.add_argument("--val-n", type=int, default=d.val_n, metavar="N",
-                   help="hold out a seeded subset of N training images (never trained on, never in a mask refresh) "
-                   "for natural + PGD accuracy every --val-every epochs; the best epoch is kept as best.pt")
-    p.add_argument("--val-every", type=int, default=d.val_every, help="validate every k epochs (with --val-n)")
-    p.add_argument("--val-steps", type=int, default=d.val_steps, help="PGD steps of the validation")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for weights, order, augmentation, attacks")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--precision", default=d.precision, choices=("auto", *PRECISIONS),
-                   help="autocast precision of the model (auto: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--loader", default=d.loader, choices=["auto", "memory", "ffcv"], help="loader backend")
-    p.add_argument("--workers", type=int, default=d.workers, help="ffcv decoding threads (0: all cores)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for the attack and the update (first epoch pays the compile)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard event files to <out>/tensorboard: every metric per epoch and the mask "
-                   "panel (image, CAM, mask) at each refresh (needs: pip install 'fastpart[tensorboard]')")
-    p.add_argument("--compile-attack", action="store_true",
-                   help="compile the whole PGD attack (every step) as one graph (first batches pay the compile)")
-    p.add_argument("--compile-mode", default=d.compile_mode, choices=COMPILE_MODES,
-                   help="torch.compile mode of --compile and --compile-attack; reduce-overhead replays CUDA graphs")
+    def error(self, message: str) -> NoReturn:
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = [c.strip(" '") for c in match.group(2).split(",")]
+            message = message[: match.start()] + f"invalid choice {match.group(1)!r}" + \
+                did_you_mean(match.group(1), choices) + f"; choose from {', '.join(choices)}"
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def config_from_args(args: argparse.Namespace):
-    from fastpart.config import TrainConfig
+def budget_type(text: str) -> float:
+    try:
+        return parse_budget(text)
+    except FastpartError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return TrainConfig.from_dict({k: v for k, v in vars(args).items() if k not in ("handler", "verb")})
+
+def _shown_default(f) -> str | None:
+    shown, default = f.metadata["shown"], default_of(f)
+    if shown is False or default is None or f.metadata["kind"] == "flag":
+        return None
+    if isinstance(shown, str):
+        return shown
+    if f.metadata["kind"] == "budget":
+        return budget_label(default)
+    return str(default)
+
+
+def add_options(p: argparse.ArgumentParser, config_class: type) -> None:
+    """One option per field of ``config_class`` (``fastpart.config.option``), in its group, no default set:
+    what the user gives is what the namespace holds (the config merges files and defaults)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    kinds = {"int": dict(type=int), "float": dict(type=float), "budget": dict(type=budget_type, metavar="EPS"),
+             "flag": dict(action="store_true"), "ints": dict(type=int, nargs="*"),
+             "budgets": dict(type=budget_type, nargs="+", metavar="EPS"), "str": {}, "names": {}}
+    for f in options(config_class):
+        meta = f.metadata
+        if meta["group"] not in groups:
+            groups[meta["group"]] = p.add_argument_group(GROUPS[meta["group"]])
+        shown = _shown_default(f)
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
+                                  help=meta["help"] + (f" (default: {shown})" if shown else ""), **kinds[meta["kind"]])
+        if meta["choices"]:
+            kw["choices"] = meta["choices"]
+        if meta["metavar"]:
+            kw["metavar"] = meta["metavar"]
+        groups[meta["group"]].add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
+    from fastpart.config import TrainConfig
+
     p = sub.add_parser(
         "train",
-        help="adversarial training of a model on a converted dataset",
-        description="Train a robust classifier on a converted dataset; writes metrics.jsonl, "
-        "config.json, env.json and checkpoints to the run folder and prints a summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="adversarial training (PART by default) of a model on a converted dataset",
+        description="Train a robust classifier on a converted dataset: PART by default, with the dataset's paper "
+        "settings (CIFAR-10: ResNet-18, 80 epochs, burn-in 20, masks every 10). Writes config.json, env.json, "
+        "metrics.jsonl and checkpoints to the run folder and prints a summary. Settings come from the defaults, "
+        "then a run's config.json (--from RUN, or --resume of --out), then --config FILE, then the options given.",
+        allow_abbrev=False,
     )
-    add_train_arguments(p)
+    files = p.add_argument_group("settings from files")
+    files.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (keys: the option names; "
+                       "a run's config.json is one); options given here override it")
+    files.add_argument("--from", dest="from_run", metavar="RUN", help="start from the settings of a recorded run "
+                       "(its config.json), e.g. --from runs/x --out runs/y --seed 1")
+    add_options(p, TrainConfig)
     p.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    cfg, given = train_config(args)
     from fastpart.training import train
 
-    result = train(config_from_args(args))
+    result = train(cfg)
     if result.rank == 0:  # under torchrun every process returns; one summary
         print(result.summary())
     return 0
 
 
+def _read_settings(path: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = None  # type: ignore[assignment]
+    file = Path(path)
+    if file.suffix == ".toml" and tomllib is None:
+        raise FastpartError(f"{path}: TOML settings need Python 3.11 or newer; write them as JSON")
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise FastpartError(f"cannot read settings file {path}: {exc.strerror or exc}") from None
+    try:
+        values = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise FastpartError(f"{path} is not valid {'TOML' if file.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(values, dict):
+        raise FastpartError(f"{path}: expected a table of settings")
+    return values
+
+
+def train_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
+    """The TrainConfig of a command line, without importing torch, and the options the user set (flags and a
+    --config file's non-default values): defaults < --from RUN / --resume's config.json < --config < flags.
+    The dataset defaults to the only one converted; impossible settings are one line."""
+    from dataclasses import replace
+
+    from fastpart.config import TrainConfig, check_train, default_dataset, default_of, from_mapping, options
+
+    flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    defaults = {f.name: default_of(f) for f in options(TrainConfig)}
+    values: dict[str, Any] = {}
+    recorded = args.from_run or (flags.get("out", defaults["out"]) if flags.get("resume") else None)
+    if recorded and (args.from_run or (Path(recorded) / "config.json").is_file()):
+        path = Path(recorded) / "config.json"
+        if not path.is_file():
+            raise FastpartError(f"--from {recorded}: no config.json there (give a run folder written by "
+                                f"`fastpart train`)")
+        values.update(from_mapping(TrainConfig, _read_settings(str(path)), str(path)))
+        if args.from_run:
+            values.pop("out", None)
+            values.pop("resume", None)
+    file_values = from_mapping(TrainConfig, _read_settings(args.config), args.config) if args.config else {}
+    values.update(file_values)
+    values.update(flags)
+    given = set(flags) | {k for k, v in file_values.items() if v != defaults.get(k)}
+    cfg = TrainConfig(**values)
+    if cfg.dataset is None:
+        cfg = replace(cfg, dataset=default_dataset(cfg.data_dir))
+    check_train(cfg, given)
+    check_dataset(cfg.data_dir, cfg.dataset)
+    return cfg, given
+
+
+def check_dataset(data_dir: str, dataset: str) -> None:
+    """One line when ``dataset`` is not converted under ``data_dir``: how to convert it, or the near names."""
+    from fastpart.config import converted_datasets, did_you_mean
+    from fastpart.data.datasets import DATASETS
+
+    if (Path(data_dir) / dataset / "manifest.json").is_file():
+        return
+    converted = converted_datasets(data_dir)
+    hint = did_you_mean(dataset, converted) or did_you_mean(dataset, list(DATASETS))
+    if dataset in DATASETS:
+        hint = f": run `fastpart convert {dataset} --out {data_dir}` first"
+    elif converted:
+        hint += f"; converted there: {', '.join(converted)}"
+    else:
+        hint += f"; known datasets: {', '.join(DATASETS)}"
+    raise FastpartError(f"no readable manifest in {Path(data_dir) / dataset}{hint}")
+
+
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
+        allow_abbrev=False,
         help="markdown report with figures of one run, or a comparison of several",
         description="Write <run>/report/report.md with PNG figures: the accuracy table of eval.json, the training "
         "summary and curves of metrics.jsonl, and a Figure-2 panel (image, CAM, mask, perturbation). With several "
         "runs, a comparison in <first run>/report-vs-<second run name>/. Prints the path of report.md.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder written by `fastpart train`")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folder written by `fastpart train` (default: runs/latest, "
+                   "where `fastpart train` writes by default)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: <run>/report, or <run>/report-vs-<other> for several runs)")
     p.add_argument("--images", type=int, default=4, metavar="N",
                    help="test images in the Figure-2 panel, 0 for none (default: %(default)s)")
@@ -177,7 +241,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from fastpart.report import write_report
 
-    print(write_report(args.runs, out=args.out, n_images=args.images, device=args.device, data_dir=args.data_dir))
+    print(write_report(args.runs or [LATEST_RUN], out=args.out, n_images=args.images, device=args.device, data_dir=args.data_dir))
     return 0
 
 
@@ -187,6 +251,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     d = EvalConfig(run="")
     p = sub.add_parser(
         "eval",
+        allow_abbrev=False,
         help="robust accuracy of a trained run: natural, PGD-20, MMA, AutoAttack, adaptive, CIFAR-10-C, checks",
         description="Evaluate a run folder (or checkpoint) on its dataset's test split; prints a table and writes "
         "eval.json and eval.csv (the paper-table row) to the run folder. Progress is saved after every batch: "
@@ -196,7 +261,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "cifar10c, checks",
     )
     p.add_argument("run", metavar="RUN", nargs="?", default="",
-                   help="run folder written by `fastpart train`, or its checkpoint.pt (omit with --checkpoint FILE)")
+                   help="run folder written by `fastpart train`, or its checkpoint.pt (default: runs/latest, where "
+                   "`fastpart train` writes by default; omit with --checkpoint FILE)")
     p.add_argument("--checkpoint", default=d.checkpoint, metavar="last|best|FILE",
                    help="the run's last checkpoint, its best validation epoch (best.pt, trained with --val-n), or a "
                    "plain state dict fastpart did not write, e.g. a RobustBench zoo file (then --model, --dataset) "
@@ -237,6 +303,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
+        allow_abbrev=False,
         help="write a run's weights and model_info as RobustBench loads them",
         description="Write <DIR>/<dataset>/Linf/<name>.pt (a state_dict) and <DIR>/model_info/<dataset>/Linf/"
         "<name>.json (RobustBench's schema, numbers from the run's eval.json: natural and aa). Prints the paths.",
@@ -265,6 +332,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from fastpart.evaluation import evaluate, table
 
     fields = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__}
+    if not fields["run"] and args.checkpoint in ("last", "best"):
+        fields["run"] = LATEST_RUN
     fields["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     fields["eps_curve"] = tuple(args.eps_curve)
     print(table(evaluate(EvalConfig(**fields))))
@@ -275,7 +344,7 @@ VERBS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fastpart",
         description="Fast, tested Pixel-reweighted Adversarial Training (PART) and its baselines.",
     )
@@ -287,18 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
+    args = argparse.Namespace(verb=None)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
         return args.handler(args)
     except FastpartError as exc:
         print(f"fastpart {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fastpart {args.verb}: interrupted", file=sys.stderr)
+        print(f"fastpart{' ' + args.verb if args.verb else ''}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,13 +1,173 @@
-"""Frozen settings, one dataclass per CLI verb and one field per flag.
+"""Frozen settings: one dataclass per CLI verb, one field per option, and each field declares its option.
 
-The CLI builds these from argparse; library users build them directly. Nothing here imports the
-rest of fastpart, so every stage may depend on it.
+Every field of ``TrainConfig`` and ``EvalConfig`` carries its option's description (``option(...)``: help,
+group, kind, choices, unit, whether only PART uses it, whether a resume may change it). The command line
+(``fastpart.cli``: grouped ``--help``), config files (``--config run.toml``), a run's ``config.json``, the resume
+check and the checks of ``check_train`` all read this one table, so no option is written twice.
+
+Budgets and step sizes are in [0, 1] pixel units; ``parse_budget`` accepts ``8/255`` or a float and refuses a
+value above 1 ("did you mean 8/255?"); ``budget_label`` shows one as ``8/255``. ``check_train`` refuses
+impossible settings with one line before anything heavy is imported. Nothing here imports torch or the rest
+of fastpart beyond its error type, so every stage may depend on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import difflib
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from fastpart.errors import FastpartError
+
+# ---------------------------------------------------------------------------------------------
+# Names users choose among, here so that the command line parses without importing torch
+# ---------------------------------------------------------------------------------------------
+
+CAM_METHODS: tuple[str, ...] = ("gradcam", "xgradcam", "layercam")  # fastpart.part.cam
+CAM_BACKENDS: tuple[str, ...] = ("native", "grad-cam")
+MASK_MODES = ("paper", "reference")  # fastpart.part.levels
+INTERPOLATIONS = ("bicubic", "bilinear")
+TARGETS = ("pred", "label")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
+BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
+PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes; "auto" picks one per device
+LOADERS = ("auto", "memory", "ffcv")
+DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
+
+
+class Method(NamedTuple):
+    """A training method: its base objective (fastpart.objectives), and whether PGD runs inside PART's
+    per-pixel budget."""
+
+    objective: str
+    pixel_reweighted: bool
+
+
+METHODS: dict[str, Method] = {
+    "at": Method("at", False),
+    "trades": Method("trades", False),
+    "mart": Method("mart", False),
+    "part": Method("at", True),
+    "part-trades": Method("trades", True),
+    "part-mart": Method("mart", True),
+}
+PART_METHODS = tuple(name for name, m in METHODS.items() if m.pixel_reweighted)
+
+# ---------------------------------------------------------------------------------------------
+# Budgets in [0, 1] units
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_budget(text: str | float) -> float:
+    """``8/255``, ``0.0314`` or a number -> a budget in [0, 1] units; one line for anything else.
+
+    A value above 1 is refused ("budgets are in [0, 1] units: did you mean 8/255?"): images are in [0, 1]."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        spelled = str(text).strip()
+        try:
+            if "/" in spelled:
+                top, bottom = spelled.split("/", 1)
+                value = float(top) / float(bottom)
+            else:
+                value = float(spelled)
+        except (ValueError, ZeroDivisionError):
+            raise FastpartError(f"{text!r} is not a budget: give a fraction such as 8/255 or a number in [0, 1]") \
+                from None
+    if not math.isfinite(value) or value < 0:
+        raise FastpartError(f"a budget must be a finite number >= 0, got {text!r}")
+    if value > 1:
+        raise FastpartError(f"budgets are in [0, 1] units (images are in [0, 1]): did you mean {value:g}/255?")
+    return value
+
+
+def budget_label(value: Any) -> str:
+    """A budget as users write it: 8/255 -> '8/255', 0.5/255 -> '0.5/255'; not a number -> '?'."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "?"
+    return f"{round(255 * value, 4):g}/255"
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The option table
+# ---------------------------------------------------------------------------------------------
+
+KINDS = ("str", "int", "float", "budget", "flag", "ints", "budgets", "names")
+GROUPS = {"data": "data", "method": "method", "part": "PART (part, part-trades, part-mart only)",
+          "attack": "attack (training adversarial examples)", "schedule": "schedule", "evaluation": "evaluation",
+          "fast": "fast path", "output": "output"}
+
+
+def option(default: Any, help: str, group: str, kind: str = "str", *, choices: tuple[str, ...] | None = None,
+           part: bool = False, resume: bool = False, metavar: str | None = None, shown: str | bool = True) -> Any:
+    """A dataclass field that describes its command-line option.
+
+    ``kind``: str, int, float, budget ([0, 1] units, ``8/255`` accepted), flag (on/off), ints / budgets (a list),
+    names (comma-separated); ``part``: only PART methods use it; ``resume``: ``--resume`` may change it;
+    ``shown``: the default as --help shows it (True: the value, budgets as n/255; False: nothing; or a text)."""
+    assert kind in KINDS and group in GROUPS, (kind, group)
+    meta = {"help": help, "group": group, "kind": kind, "choices": choices, "part": part, "resume": resume,
+            "metavar": metavar, "shown": shown}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults: use a tuple")
+    return field(default=default, metadata=meta)
+
+
+def options(config_class: type) -> list[Any]:
+    """The fields of a config class that are options, in declaration order."""
+    return [f for f in fields(config_class) if "help" in f.metadata]
+
+
+def resume_may_change(config_class: type) -> set[str]:
+    return {f.name for f in options(config_class) if f.metadata["resume"]}
+
+
+def part_only(config_class: type) -> set[str]:
+    return {f.name for f in options(config_class) if f.metadata["part"]}
+
+
+def default_of(f: Any) -> Any:
+    return None if f.default is MISSING else f.default
+
+
+def from_mapping(config_class: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The option values of a mapping (a config file, a run's config.json), checked: unknown keys are one line
+    (with a did-you-mean); dashes may stand for underscores; lists become tuples; budgets are parsed."""
+    known = {f.name: f for f in options(config_class)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            if name in RECORDED_ONLY:
+                continue
+            raise FastpartError(f"{source}: unknown setting {key!r}{did_you_mean(name, list(known))}")
+        kind = known[name].metadata["kind"]
+        if kind == "budget" and value is not None:
+            value = parse_budget(value)
+        elif kind == "budgets" and value is not None:
+            value = tuple(parse_budget(v) for v in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[name] = value
+    return out
+
+
+RECORDED_ONLY = {"val_rows"}  # what config.json records beside the settings (derived, never set)
+
+
+# ---------------------------------------------------------------------------------------------
+# The verbs' configs
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -36,96 +196,107 @@ class ConvertConfig:
         return asdict(self)
 
 
+PAPER = "the dataset's paper setting"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings; ``None`` means the dataset's paper default (``fastpart.data.datasets.TrainDefaults``)."""
+    """Training settings; ``None`` means: the dataset's paper default (``fastpart.data.datasets.TrainDefaults``),
+    or what the field's help says."""
 
-    dataset: str = "shapes"
-    data_dir: str = "data"
-    out: str = "runs/latest"
-    resume: bool = False
-    method: str = "at"
-    model: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    batch_scope: str = "global"
-    lr: float | None = None
-    wd: float | None = None
-    momentum: float = 0.9
-    milestones: tuple[int, ...] | None = None
-    eps: float = 8 / 255
-    eps_low: float = 7 / 255
-    alpha: float | None = None
-    steps: int = 10
-    ae: str = "pgd"
-    burn_in: int = 20
-    mask_freq: int = 10
-    cam: str = "gradcam"
-    cam_backend: str = "native"
-    cam_layer: str | None = None
-    mask_mode: str = "paper"
-    mask_target: str = "pred"
-    tau: float = 1.0
-    interpolation: str = "bicubic"
-    eval_every: int = 0
-    eval_n: int | None = None
-    eval_steps: int = 20
-    ema: float | None = None  # decay of the weight average (None: no average)
-    val_n: int = 0  # training images held out for validation (0: none)
-    val_every: int = 1
-    val_steps: int = 10
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    loader: str = "auto"
-    workers: int = 0
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile mode of --compile and --compile-attack (reduce-overhead: CUDA graphs)
-    compile_attack: bool = False  # the whole PGD attack as one compiled graph
-    tensorboard: bool = False  # also write <out>/tensorboard/ event files
+    # data
+    dataset: str | None = option(None, "converted dataset (a folder under --data-dir); default: the only one there",
+                                 "data", shown=False)
+    data_dir: str = option("data", "where `fastpart convert --out` wrote", "data", resume=True)
+    loader: str = option("auto", "loader backend: memory (the split on the device), ffcv (streamed), or auto",
+                         "data", choices=LOADERS)
+    workers: int = option(0, "ffcv decoding threads (0: all cores)", "data", "int", resume=True)
+    # method
+    method: str = option("part", "part, part-trades, part-mart (PART with AT, TRADES, MART), or the baselines at, "
+                         "trades, mart", "method", choices=tuple(METHODS))
+    model: str | None = option(None, f"fastpart, RobustBench or timm model name (default: {PAPER})", "method",
+                               shown=False)
+    seed: int = option(0, "seed of weights, order, augmentation, attacks", "method", "int")
+    # PART
+    eps_low: float = option(7 / 255, "budget of the pixels the mask does not mark important", "part", "budget",
+                            part=True)
+    burn_in: int | None = option(None, "epochs of the plain base method before masks are used (default: a quarter "
+                                 "of --epochs, the paper's 20 of 80)", "part", "int", part=True, shown=False)
+    mask_freq: int = option(10, "recompute the masks every N epochs after the burn-in (0: per batch, no cache)",
+                            "part", "int", part=True)
+    cam: str = option("gradcam", "class activation map method", "part", choices=CAM_METHODS, part=True)
+    cam_backend: str = option("native", "native batched CAMs, or the pytorch-grad-cam package", "part",
+                              choices=CAM_BACKENDS, part=True)
+    cam_layer: str | None = option(None, "module whose output the CAM explains (default: the model's last conv "
+                                   "block, e.g. layer4 of ResNet-18)", "part", part=True, shown=False)
+    mask_mode: str = option("paper", "paper (per pixel, standardised map > tau) or reference (the released code, "
+                            "per channel)", "part", choices=MASK_MODES, part=True)
+    mask_target: str = option("pred", "the class the CAM explains: the prediction or the label", "part",
+                              choices=TARGETS, part=True)
+    tau: float = option(1.0, "threshold on the standardised CAM", "part", "float", part=True)
+    interpolation: str = option("bicubic", "CAM upsampling", "part", choices=INTERPOLATIONS, part=True)
+    # attack
+    eps: float = option(8 / 255, "L-inf budget (of the important pixels, with PART)", "attack", "budget")
+    alpha: float | None = option(None, f"PGD step size (default: {PAPER}: 2/255, SVHN 1/255)", "attack", "budget",
+                                 shown=False)
+    steps: int = option(10, "attack steps (PGD; MMA: APGD iterations per target)", "attack", "int")
+    ae: str = option("pgd", "training adversarial examples: pgd (the objective's loss) or mma (minimum-margin, "
+                     "top-3 targets; PART's App. H.4)", "attack", choices=TRAINING_ATTACKS)
+    # schedule
+    epochs: int | None = option(None, f"epochs (default: {PAPER}, 80)", "schedule", "int", shown=False)
+    batch_size: int | None = option(None, f"batch size (default: {PAPER}); see --batch-scope", "schedule", "int",
+                                    shown=False)
+    batch_scope: str = option("global", "under torchrun: global (--batch-size is split over the processes) or "
+                              "per-gpu (each process takes --batch-size); the lr is not rescaled", "schedule",
+                              choices=BATCH_SCOPES)
+    lr: float | None = option(None, f"SGD learning rate (default: {PAPER})", "schedule", "float", shown=False)
+    wd: float | None = option(None, f"weight decay (default: {PAPER})", "schedule", "float", shown=False)
+    momentum: float = option(0.9, "SGD momentum", "schedule", "float")
+    milestones: tuple[int, ...] | None = option(None, "epochs where the lr drops 10x (default: 75%% of the epochs)",
+                                                "schedule", "ints", shown=False)
+    ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
+                               "0.999; buffers copied); evaluations report both models", "schedule", "float",
+                               metavar="DECAY", shown=False)
+    # evaluation
+    eval_every: int = option(0, "test natural + PGD accuracy every k epochs (0: at the end only)", "evaluation",
+                             "int", resume=True)
+    eval_n: int | None = option(None, "evaluate on a seeded subset of this many test images (default: all)",
+                                "evaluation", "int", shown=False)
+    eval_steps: int = option(20, "PGD steps of the test-set evaluation", "evaluation", "int")
+    val_n: int = option(0, "hold out a seeded subset of N training images for natural + PGD accuracy every "
+                        "--val-every epochs; the best epoch is kept as best.pt", "evaluation", "int", metavar="N")
+    val_every: int = option(1, "validate every k epochs (with --val-n)", "evaluation", "int")
+    val_steps: int = option(10, "PGD steps of the validation", "evaluation", "int")
+    # fast path
+    device: str = option("auto", "cpu, cuda, cuda:N or auto", "fast")
+    precision: str = option("auto", "autocast precision of the model (auto: bf16 on CUDA, fp32 on CPU)", "fast",
+                            choices=("auto", *PRECISIONS))
+    compile: bool = option(False, "torch.compile the model for the attack and the update", "fast", "flag",
+                           resume=True)
+    compile_attack: bool = option(False, "compile each PGD step (forward, input gradient, step) as one graph",
+                                  "fast", "flag", resume=True)
+    compile_mode: str = option("default", "torch.compile mode of --compile and --compile-attack (reduce-overhead: "
+                               "CUDA graphs)", "fast", choices=COMPILE_MODES, resume=True)
+    # output
+    out: str = option("runs/latest", "run folder: config, metrics, checkpoints, masks", "output", resume=True)
+    resume: bool = option(False, "continue the run in --out from its last checkpoint (its config.json gives "
+                          "every setting not given here)", "output", "flag", resume=True)
+    tensorboard: bool = option(False, "also write TensorBoard event files to <out>/tensorboard", "output", "flag",
+                               resume=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, fields: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """The config of a ``to_dict`` (e.g. a run's config.json); unknown keys are ignored, lists become tuples."""
-        known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
-        if known.get("milestones") is not None:
-            known["milestones"] = tuple(known["milestones"])
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in known.items()}
         return cls(**known)
 
-
-# The choices users make by name, here so that the command line parses without importing torch.
-CAM_METHODS: tuple[str, ...] = ("gradcam", "xgradcam", "layercam")  # fastpart.part.cam
-CAM_BACKENDS: tuple[str, ...] = ("native", "grad-cam")
-MASK_MODES = ("paper", "reference")  # fastpart.part.levels
-INTERPOLATIONS = ("bicubic", "bilinear")
-TARGETS = ("pred", "label")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-
-
-class Method(NamedTuple):
-    """A training method: its base objective (fastpart.objectives), and whether PGD runs inside PART's
-    per-pixel budget."""
-
-    objective: str
-    pixel_reweighted: bool
-
-
-METHODS: dict[str, Method] = {
-    "at": Method("at", False),
-    "trades": Method("trades", False),
-    "mart": Method("mart", False),
-    "part": Method("at", True),
-    "part-trades": Method("trades", True),
-    "part-mart": Method("mart", True),
-}
-TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
-BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
-PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes; "auto" picks one per device
-
-DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
+    @property
+    def pixel_reweighted(self) -> bool:
+        return self.method in METHODS and METHODS[self.method].pixel_reweighted
 
 
 @dataclass(frozen=True)
@@ -159,3 +330,79 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that need nothing but the settings and the file system (before torch is imported)
+# ---------------------------------------------------------------------------------------------
+
+
+def converted_datasets(data_dir: str) -> list[str]:
+    """The datasets converted under ``data_dir`` (folders holding a manifest.json), sorted."""
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "manifest.json").is_file())
+
+
+def default_dataset(data_dir: str) -> str:
+    """The one converted dataset under ``data_dir``; one line when there is none or there are several."""
+    found = converted_datasets(data_dir)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FastpartError(f"{data_dir} holds several converted datasets ({', '.join(found)}): choose one with "
+                            f"--dataset")
+    raise FastpartError(f"no converted dataset in {data_dir}: run `fastpart convert cifar10` (the official "
+                        f"cifar-10-python.tar.gz in {Path(data_dir) / 'downloads'}), or `fastpart convert shapes` "
+                        f"for a demo that needs no download")
+
+
+def check_train(cfg: TrainConfig, given: set[str] | None = None) -> None:
+    """Refuse impossible training settings with one line, before anything heavy runs. ``given``: the options set
+    by the user (flags or a config file); PART's options among them are refused for a method without masks."""
+    for f in options(TrainConfig):
+        choices, value = f.metadata["choices"], getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise FastpartError(f"unknown --{f.name.replace('_', '-')} {value!r}{did_you_mean(str(value), choices)}; "
+                                f"choose from {', '.join(choices)}")
+    if given is not None and not cfg.pixel_reweighted:
+        extra = sorted(part_only(TrainConfig) & given)
+        if extra:
+            flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+            raise FastpartError(f"{flags} {'applies' if len(extra) == 1 else 'apply'} to {', '.join(PART_METHODS)}; "
+                                f"with --method {cfg.method} there are no masks")
+    for name in ("epochs", "batch_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise FastpartError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("steps", "eval_steps", "val_steps", "val_n", "eval_every", "workers", "mask_freq"):
+        if getattr(cfg, name) < 0:
+            raise FastpartError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.val_every < 1:
+        raise FastpartError(f"--val-every must be >= 1, got {cfg.val_every}")
+    if cfg.eval_n is not None and cfg.eval_n < 1:
+        raise FastpartError(f"--eval-n must be >= 1, got {cfg.eval_n}")
+    for name in ("eps", "eps_low", "alpha"):
+        value = getattr(cfg, name)
+        if value is not None:
+            parse_budget(value)  # in [0, 1]
+    if cfg.pixel_reweighted and cfg.eps_low > cfg.eps:
+        raise FastpartError(f"need eps-low <= eps, got eps-low {budget_label(cfg.eps_low)} and eps "
+                            f"{budget_label(cfg.eps)}")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise FastpartError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.wd is not None and not (math.isfinite(cfg.wd) and cfg.wd >= 0):
+        raise FastpartError(f"--wd must be a number >= 0, got {cfg.wd}")
+    if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
+        raise FastpartError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise FastpartError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
+    if cfg.burn_in is not None and cfg.burn_in < 0:
+        raise FastpartError(f"--burn-in must be >= 0, got {cfg.burn_in}")
+    if cfg.pixel_reweighted and cfg.burn_in is not None and cfg.epochs is not None and cfg.burn_in >= cfg.epochs:
+        raise FastpartError(f"--burn-in {cfg.burn_in} is not shorter than --epochs {cfg.epochs}: this PART run would "
+                            f"never use a mask; lower --burn-in, or train --method "
+                            f"{METHODS[cfg.method].objective}")
+    if cfg.milestones is not None and any(m < 0 for m in cfg.milestones):
+        raise FastpartError(f"--milestones must be epochs >= 0, got {list(cfg.milestones)}")

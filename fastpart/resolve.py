@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from fastpart.attacks.generators import GeneratorSettings
-from fastpart.config import BATCH_SCOPES, METHODS, TRAINING_ATTACKS, TrainConfig
+from fastpart.config import METHODS, TrainConfig, check_train
 from fastpart.data.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
 from fastpart.objectives import Objective
 from fastpart.part import MASK_BATCH, MaskPlan, MaskSettings
-from fastpart.precision import AUTOCAST, autocast_dtype
+from fastpart.precision import autocast_dtype
 
 __all__ = ["generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
            "process_batch_size", "resolve", "resolve_device"]
@@ -52,10 +52,13 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
     epochs = cfg.epochs if cfg.epochs is not None else defaults.epochs
     device = resolve_device(cfg.device)
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    check_train(cfg)
+    pixel = METHODS[cfg.method].pixel_reweighted
     resolved = replace(
         cfg,
         model=cfg.model or defaults.model,
         epochs=epochs,
+        burn_in=(cfg.burn_in if cfg.burn_in is not None else epochs // 4) if pixel else cfg.burn_in,
         batch_size=cfg.batch_size or defaults.batch_size,
         lr=cfg.lr if cfg.lr is not None else defaults.lr,
         wd=cfg.wd if cfg.wd is not None else defaults.weight_decay,
@@ -64,20 +67,7 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
         device=device,
         precision=precision,
     )
-    if resolved.ae not in TRAINING_ATTACKS:
-        raise FastpartError(f"unknown --ae {resolved.ae!r}; choose from {', '.join(TRAINING_ATTACKS)}")
-    if resolved.batch_scope not in BATCH_SCOPES:
-        raise FastpartError(f"unknown --batch-scope {resolved.batch_scope!r}; choose from {', '.join(BATCH_SCOPES)}")
-    if resolved.method not in METHODS:
-        raise FastpartError(f"unknown method {resolved.method!r}; choose from {', '.join(METHODS)}")
-    if resolved.precision not in AUTOCAST:
-        raise FastpartError(f"unknown precision {resolved.precision!r}; choose from auto, {', '.join(AUTOCAST)}")
-    if resolved.epochs < 1 or resolved.batch_size < 1 or resolved.steps < 0:
-        raise FastpartError("epochs and batch size must be >= 1 and steps >= 0")
-    if resolved.burn_in < 0 or resolved.mask_freq < 0:
-        raise FastpartError("--burn-in and --mask-freq must be >= 0")
-    if METHODS[resolved.method].pixel_reweighted and not 0 <= resolved.eps_low <= resolved.eps:
-        raise FastpartError(f"need 0 <= eps-low <= eps, got eps-low {resolved.eps_low} and eps {resolved.eps}")
+    check_train(resolved)
     return resolved
 
 

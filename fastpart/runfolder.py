@@ -32,7 +32,7 @@ import torch.nn as nn
 import fastpart
 from fastpart import distributed
 from fastpart.atomic import atomic_path, write_bytes_atomic
-from fastpart.config import TrainConfig
+from fastpart.config import TrainConfig, part_only, resume_may_change
 from fastpart.data.splitfiles import dataset_manifest
 from fastpart.errors import FastpartError
 from fastpart.models import create_model
@@ -49,8 +49,7 @@ EVAL_PROGRESS = "eval-progress.json"
 REPORT = "report"
 TRAIN_LOCK = ".train.lock"  # held by the training process (rank 0) for the whole run
 EVAL_LOCK = ".eval.lock"  # held by an evaluation writing into the folder (an evaluation may run beside training)
-RESUME_MAY_CHANGE = {"resume", "eval_every", "workers", "compile", "compile_mode", "compile_attack", "tensorboard", "out",
-                     "data_dir"}
+RESUME_MAY_CHANGE = resume_may_change(TrainConfig)  # the settings a --resume may change (fastpart.config's table)
 
 __all__ = ["BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
            "MASKS", "METRICS", "REPORT", "RESUME_MAY_CHANGE", "TRAIN_LOCK", "LoadedRun", "TrainingState",
@@ -164,8 +163,9 @@ def read_checkpoint(path: Path, required: tuple[str, ...] = ("model", "config", 
 def resume_conflicts(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """The settings of ``current`` that differ from the checkpoint's (those a resume may change aside)."""
     defaults = TrainConfig().to_dict()  # settings added after the checkpoint was written had their default
-    old = {k: saved.get(k, defaults.get(k)) for k in defaults if k not in RESUME_MAY_CHANGE}
-    new = {k: v for k, v in current.to_dict().items() if k not in RESUME_MAY_CHANGE}
+    ignored = RESUME_MAY_CHANGE | (set() if current.pixel_reweighted else part_only(TrainConfig))  # no masks: moot
+    old = {k: saved.get(k, defaults.get(k)) for k in defaults if k not in ignored}
+    new = {k: v for k, v in current.to_dict().items() if k not in ignored}
     return sorted(k for k in new if old.get(k) != new[k] and not (
         isinstance(new[k], tuple) and list(new[k]) == old.get(k)))
 

@@ -14,7 +14,7 @@ user's own loop can call them directly:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,19 @@ from fastpart.loader import DeviceLoader
 from fastpart.objectives import Objective, natural_probs
 from fastpart.part import MaskPlan
 
-__all__ = ["train_epoch", "train_step"]
+__all__ = ["TIMED_BATCHES", "train_epoch", "train_step"]
+
+TIMED_BATCHES = 5  # batches timed for the early estimate of a run's length (after the first)
+
+
+def _timed(device: torch.device, timer: Callable[[int, float], None], batches: int, since: float | None) -> float:
+    """At batch 1: the time the timing starts; at batch TIMED_BATCHES + 1: report the timed batches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    if since is not None:
+        timer(batches - 1, now - since)
+    return now
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, generate: Generator,
@@ -67,7 +79,7 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
                 generate: Generator, rng: torch.Generator, *, eps: float = 8 / 255, masks: MaskPlan | None = None,
                 autocast_dtype: torch.dtype | None = None, attack_net: nn.Module | None = None,
                 update_net: nn.Module | None = None, average: WeightAverage | None = None,
-                desc: str = "epoch") -> dict[str, Any]:
+                desc: str = "epoch", timer: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """One epoch of ``train_step``; returns its metrics record.
 
     The budget is ``eps`` everywhere, or with ``masks`` PART's per-pixel budget: the levels the loader
@@ -75,6 +87,9 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     record then has the important fraction and the degenerate maps). ``attack_net`` (default: the model)
     runs the attack and the update, e.g. a torch.compile'd model; ``update_net`` (default: ``attack_net``)
     the update alone, e.g. the DistributedDataParallel wrapper; ``average`` (``--ema``) follows every step.
+    ``timer(batches, seconds)`` is called once, with the time of batches 2 to ``TIMED_BATCHES + 1`` (the first
+    pays for warm-ups), or of all batches after the first when the epoch is shorter: an early estimate of the
+    run's length (one device synchronisation on CUDA).
     Under several processes the record sums every process's shard. Every sum stays on the device until
     the end of the epoch (one host synchronisation per epoch)."""
     sums = torch.zeros(5, device=loader.device)  # loss * B, natural, adversarial, important fraction, degenerate
@@ -82,7 +97,10 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     attack_net = model if attack_net is None else attack_net
     update_net = attack_net if update_net is None else update_net
     start = time.perf_counter()
+    timed_from = None
     for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0, disable=not distributed.is_main()):
+        if timer is not None and batches in (1, TIMED_BATCHES + 1):
+            timed_from = _timed(loader.device, timer, batches, timed_from)
         x, y, _, aux = batch if len(batch) == 4 else (*batch, None)
         budget = eps
         if masks is not None and aux is not None:
@@ -99,6 +117,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     if loader.device.type == "cuda":
         torch.cuda.synchronize(loader.device)
     seconds = time.perf_counter() - start
+    if timer is not None and timed_from is not None and batches <= TIMED_BATCHES + 1 and batches > 1:
+        timer(batches - 1, time.perf_counter() - timed_from)
     totals = torch.tensor([*sums.tolist(), seen, batches], dtype=torch.float64)
     loss_sum, natural, adversarial, important, degenerate, seen, batches = distributed.all_reduce_sum(totals).tolist()
     seen, batches = int(seen), int(batches)

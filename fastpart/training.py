@@ -32,7 +32,7 @@ import contextlib
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from fastpart.atomic import hold, remove_stale_temporaries, write_json_atomic
 from fastpart.attacks.generators import Generator, make_generator
 from fastpart.averaging import WeightAverage
 from fastpart.board import BOARD, Board
-from fastpart.config import METHODS, Method, TrainConfig
+from fastpart.config import METHODS, Method, TrainConfig, check_train, default_dataset
 from fastpart.data.datasets import TrainDefaults
 from fastpart.data.splitfiles import dataset_manifest, split_path
 from fastpart.errors import FastpartError
@@ -54,6 +54,7 @@ from fastpart.loader import Augment, DeviceLoader, stream_seed
 from fastpart.models import create_model
 from fastpart.monitor import BestCheckpoint, holdout, split_accuracy
 from fastpart.objectives import Objective, get_objective
+from fastpart.progress import describe, duration, estimate
 from fastpart.part import MaskCache, MaskPlan, SplitImages, cached_levels, refresh_epochs, refresh_masks
 from fastpart.precision import autocast_dtype
 from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults,
@@ -102,6 +103,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     Inside a ``torchrun`` launch this process joins the launch's process group for the run (see the
     module docstring); a communication failure becomes a one-line ``DistributedError``.
     """
+    if cfg.dataset is None:
+        cfg = replace(cfg, dataset=default_dataset(cfg.data_dir))
+    check_train(cfg)
     manifest = dataset_manifest(cfg.data_dir, cfg.dataset)
     defaults = paper_defaults(manifest)
     cfg = resolve(cfg, defaults)
@@ -183,6 +187,7 @@ class _Run:
     mask_weights: dict[str, torch.Tensor] | None = None  # the weights the current masks came from
     history: list[dict[str, Any]] | None = None
     final_eval: dict[str, float] | None = None  # the last test-set evaluation
+    epoch_seconds: list[float] | None = None  # the epochs run by this process, for the estimate of what is left
 
 
 def _loaders(cfg: TrainConfig, defaults: TrainDefaults, device: torch.device, batch_size: int, train_rows,
@@ -266,6 +271,9 @@ def _epochs(run: _Run) -> TrainResult:
     cfg, history = run.cfg, run.history
     start = time.perf_counter()
     run.final_eval = history[-1] if history and "test_n" in history[-1] else {}
+    run.epoch_seconds = []
+    if distributed.is_main():
+        tqdm.write(describe(cfg, run.train_loader.num_samples, run.start_epoch))
     for epoch in range(run.start_epoch, cfg.epochs):
         history.append(_epoch(run, epoch))
     if not run.final_eval:
@@ -283,10 +291,14 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         record.update(_refresh(run, epoch))
     run.train_loader.set_epoch(epoch)
     state.generator.manual_seed(attack_seed(cfg.seed, epoch, distributed.rank()))
+    first = not run.epoch_seconds and distributed.is_main()
     record.update(train_epoch(model, run.train_loader, state.optimizer, run.objective, run.generate, state.generator,
                               eps=cfg.eps, masks=run.masks if masked else None, autocast_dtype=run.autocast,
                               attack_net=run.net, update_net=run.update_net, average=run.average,
-                              desc=f"epoch {epoch + 1}/{cfg.epochs}"))
+                              desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                              timer=(lambda n, s: tqdm.write(estimate(cfg, cfg.epochs - epoch, len(run.train_loader), s / n,
+                                                                     run.train_loader.batch_size))) if first else None))
+    run.epoch_seconds.append(record["epoch_seconds"] + record.get("mask_seconds", 0.0))
     distributed.broadcast_buffers(model)  # rank 0's batch-norm running statistics everywhere, as DDP does
     record["phase"] = "masked" if masked else ("burn-in" if run.method.pixel_reweighted else "plain")
     checkpoint = run.run_dir / CHECKPOINT
@@ -330,10 +342,11 @@ def _write_epoch(run: _Run, record: dict[str, Any], epoch: int) -> None:
     save_checkpoint(run.run_dir / CHECKPOINT, run.state, epoch + 1, run.mask_key, run.cfg, {
         "mask_model": run.mask_weights, "dataset_sha": run.dataset_sha,
         "ema": average.state_dict() if average else None, "best": best.state() if best else None})
+    left = (run.cfg.epochs - epoch - 1) * sum(run.epoch_seconds) / len(run.epoch_seconds)
     tqdm.write(
         f"epoch {epoch + 1}/{run.cfg.epochs} ({record['phase']}): loss {record['loss']:.4f} "
         f"nat {100 * record['train_natural_acc']:.1f}% adv {100 * record['train_adv_acc']:.1f}% "
-        f"{record['images_per_second']:.0f} img/s"
+        f"{record['images_per_second']:.0f} img/s" + (f"; about {duration(left)} left" if left > 0 else "")
     )
 
 

@@ -28,19 +28,22 @@ done
 
 if [ "$smoke" = 1 ]; then
     "$fastpart" convert shapes --n-train 128 --n-test 64 --out "$data" --format npz
-    train=(--dataset shapes --model resnet18_cifar_w8 --epochs 2 --burn-in 1 --mask-freq 1 --batch-size 64 --steps 2
-           --eval-steps 2 --eval-every 1)
+    train=(--dataset shapes --model resnet18_cifar_w8 --epochs 2 --batch-size 64 --steps 2 --eval-steps 2 --eval-every 1)
+    part=(--burn-in 1 --mask-freq 1)
     evaluate=(--attacks natural,pgd20,mma,aa --n 16 --aa-n 8 --batch-size 16 --device cpu)
 else
     "$fastpart" convert cifar10 --source "$source_path" --out "$data" --format npz
-    train=(--dataset cifar10 --epochs 80 --mask-freq 10 --burn-in 20 --eval-every 10 --compile --compile-attack
-           --compile-mode reduce-overhead)
+    train=(--dataset cifar10 --epochs 80 --eval-every 10 --compile --compile-attack --compile-mode reduce-overhead)
+    part=(--mask-freq 10 --burn-in 20)
     evaluate=(--attacks natural,pgd20,mma,aa --aa-n 1000 --precision fp32)
 fi
 mkdir -p "$out"
 pids=()
 for method in at part; do
-    run=("$fastpart" train "${train[@]}" --method "$method" --data-dir "$data" --out "$out/$method" --resume)
+    options=()
+    [ "$method" = part ] && options=("${part[@]}")  # AT has no masks and refuses PART's options
+    run=("$fastpart" train "${train[@]}" "${options[@]}" --method "$method" --data-dir "$data" --out "$out/$method"
+         --resume)
     if [ "$together" = 1 ]; then
         mkdir -p "$(dirname "$out")"
         "${run[@]}" > "$out.$method.log" 2>&1 &

@@ -37,17 +37,19 @@ if [ "$smoke" = 1 ]; then
 else
     "$fastpart" convert "$dataset" ${source_path:+--source "$source_path"} --out "$data"
 fi
+part_smoke=() part_paper=()  # PART's options; a baseline has no masks and refuses them
+if [[ "$method" == part* ]]; then part_smoke=(--burn-in 1 --mask-freq 1); part_paper=(--mask-freq 10); fi
 runs=()
 for seed in "${seed_list[@]}"; do
     run="$out"
     [ "${#seed_list[@]}" -gt 1 ] && run="${out}_seed${seed}"
     if [ "$smoke" = 1 ]; then
         "$fastpart" train --dataset shapes --data-dir "$data" --model resnet18_cifar_w8 --method "$method" \
-            --epochs 2 --burn-in 1 --mask-freq 1 --batch-size 64 --steps 2 --eval-steps 2 --seed "$seed" \
+            --epochs 2 "${part_smoke[@]}" --batch-size 64 --steps 2 --eval-steps 2 --seed "$seed" \
             --out "$run" --resume
         "$fastpart" eval "$run" --attacks natural,pgd20,mma,aa --n 16 --batch-size 16 --device cpu
     else
-        "$fastpart" train --dataset "$dataset" --data-dir "$data" --method "$method" --epochs 80 --mask-freq 10 \
+        "$fastpart" train --dataset "$dataset" --data-dir "$data" --method "$method" --epochs 80 "${part_paper[@]}" \
             --eval-every 10 --seed "$seed" --out "$run" --resume
         "$fastpart" eval "$run" --attacks natural,pgd20,mma,aa
     fi

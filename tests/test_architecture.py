@@ -24,7 +24,8 @@ STAGES = [
     ["data.convert", "loader", "models", "kernels", "distributed"],
     ["part", "attacks", "objectives"],  # the mask stage; the attacks and their generators; the losses
     ["board", "step", "monitor", "runfolder"],  # one training step/epoch; training's own accuracy; the run folder
-    ["resolve", "records"],  # a TrainConfig -> what the stages take; a run folder's text records
+    ["resolve", "records", "progress"],  # a TrainConfig -> what the stages take; a run's text records; what a run
+    # says about itself (its opening line, the estimate of its length)
     ["measurements", "figures", "interop", "tables"],
     ["training", "evaluation", "report"],
     ["cli"],
@@ -120,7 +121,7 @@ sys.modules["ffcv"] = None  # any `import ffcv` now fails
 import fastpart, fastpart.loader, fastpart.training
 from fastpart.cli import main
 assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--format", "npz", "--out", r"{tmp_path}"]) == 0
-assert main(["train", "--dataset", "shapes", "--data-dir", r"{tmp_path}", "--model", "resnet18_cifar_w8", "--epochs", "1",
+assert main(["train", "--dataset", "shapes", "--data-dir", r"{tmp_path}", "--model", "resnet18_cifar_w8", "--method", "at", "--epochs", "1",
              "--batch-size", "32", "--steps", "1", "--eval-steps", "1", "--out", r"{tmp_path / 'run'}"]) == 0
 assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--out", r"{tmp_path / 'b'}"]) == 2
 """

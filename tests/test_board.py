@@ -46,6 +46,6 @@ def test_without_the_extra_the_flag_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--out", str(tmp_path / "data"),
                  "--format", "npz"]) == 0
     assert main(["train", "--dataset", "shapes", "--data-dir", str(tmp_path / "data"), "--model", "resnet18_cifar_w8",
-                 "--epochs", "1", "--batch-size", "32", "--steps", "1", "--eval-steps", "1", "--tensorboard",
+                 "--method", "at", "--epochs", "1", "--batch-size", "32", "--steps", "1", "--eval-steps", "1", "--tensorboard",
                  "--out", str(tmp_path / "run")]) == 2
     assert "pip install 'fastpart[tensorboard]'" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from support import ctrl_c_before_epoch
 
 from fastpart.cli import main
 
-TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--batch-size", "32", "--steps", "1",
+TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--method", "at", "--batch-size", "32", "--steps", "1",
          "--eval-steps", "1", "--eval-n", "16", "--seed", "1"]
 PART = ["--method", "part", "--epochs", "3", "--burn-in", "1", "--mask-freq", "2"]
 

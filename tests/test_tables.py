@@ -12,7 +12,8 @@ import pytest
 
 from fastpart.cli import main
 
-TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--batch-size", "32", "--steps", "1", "--epochs", "1",
+TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--method", "at", "--batch-size", "32", "--steps", "1",
+         "--epochs", "1",
          "--eval-steps", "1", "--eval-n", "16"]
 
 

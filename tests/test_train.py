@@ -25,7 +25,7 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
     torch.set_num_threads(1)
     run = tmp_path / "run"
     code = main(["train", "--dataset", "shapes", "--data-dir", str(data_dir), "--model", "resnet18_cifar_w8",
-                 "--epochs", "4", "--batch-size", "32", "--lr", "0.05", "--steps", "2", "--eval-every", "2",
+                 "--method", "at", "--epochs", "4", "--batch-size", "32", "--lr", "0.05", "--steps", "2", "--eval-every", "2",
                  "--out", str(run)])
     assert code == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -61,7 +61,7 @@ def test_diverging_run_stops_with_a_clear_message(data_dir, tmp_path):
 
 
 def test_mma_training_examples_respect_the_mask_weighted_budget(data_dir, tmp_path, monkeypatch):
-    import fastpart.training as train_module
+    import fastpart.attacks.generators as generators  # the training step's generators call mma from there
     from fastpart.part import MaskCache
 
     seen = []
@@ -71,8 +71,8 @@ def test_mma_training_examples_respect_the_mask_weighted_budget(data_dir, tmp_pa
         seen.append((x, x_adv, eps, kwargs))
         return x_adv
 
-    real_mma = train_module.mma
-    monkeypatch.setattr(train_module, "mma", recording_mma)
+    real_mma = generators.mma
+    monkeypatch.setattr(generators, "mma", recording_mma)
     run = tmp_path / "run"
     assert main(["train", "--dataset", "shapes", "--data-dir", str(data_dir), "--model", "resnet18_cifar_w8",
                  "--method", "part", "--ae", "mma", "--epochs", "2", "--burn-in", "1", "--mask-freq", "1",
