@@ -35,6 +35,7 @@ TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversa
 BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
 PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes; "auto" picks one per device
 LOADERS = ("auto", "memory", "ffcv")
+LR_SCHEDULES = ("step", "onecycle")  # fastpart.schedules
 DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
 
 
@@ -254,6 +255,14 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum", "schedule", "float")
     milestones: tuple[int, ...] | None = option(None, "epochs where the lr drops 10x (default: 75%% of the epochs)",
                                                 "schedule", "ints", shown=False)
+    lr_schedule: str = option("step", "step: lr / 10 at the milestones (the paper); onecycle: linear from 0 up to "
+                              "--lr at 2/5 of the epochs, then down to 0, per batch (Wong et al., ICLR 2020)",
+                              "schedule", choices=LR_SCHEDULES)
+    lr_warmup: float = option(0.0, "epochs of a linear learning-rate warm-up from 0, per batch (step schedule)",
+                              "schedule", "float", metavar="EPOCHS")
+    eps_warmup: float = option(0.0, "epochs over which the budget rises linearly from 0, per batch (eps and PART's "
+                               "eps-low alike, their ratio kept; the step size stays)", "schedule", "float",
+                               metavar="EPOCHS")
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                "0.999; buffers copied); evaluations report both models", "schedule", "float",
                                metavar="DECAY", shown=False)
@@ -404,5 +413,11 @@ def check_train(cfg: TrainConfig, given: set[str] | None = None) -> None:
         raise FastpartError(f"--burn-in {cfg.burn_in} is not shorter than --epochs {cfg.epochs}: this PART run would "
                             f"never use a mask; lower --burn-in, or train --method "
                             f"{METHODS[cfg.method].objective}")
+    for name in ("lr_warmup", "eps_warmup"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise FastpartError(f"--{name.replace('_', '-')} must be a number of epochs >= 0, got {value}")
+    if cfg.lr_schedule == "onecycle" and cfg.lr_warmup:
+        raise FastpartError("--lr-warmup is for the step schedule: the one-cycle schedule warms up by itself")
     if cfg.milestones is not None and any(m < 0 for m in cfg.milestones):
         raise FastpartError(f"--milestones must be epochs >= 0, got {list(cfg.milestones)}")

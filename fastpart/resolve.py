@@ -22,8 +22,9 @@ from fastpart.errors import FastpartError
 from fastpart.objectives import Objective
 from fastpart.part import MASK_BATCH, MaskPlan, MaskSettings
 from fastpart.precision import autocast_dtype
+from fastpart.schedules import Schedule
 
-__all__ = ["generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
+__all__ = ["schedule", "generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
            "process_batch_size", "resolve", "resolve_device"]
 
 FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
@@ -90,6 +91,11 @@ def mask_settings(cfg: TrainConfig) -> MaskSettings:
 def mask_plan(cfg: TrainConfig) -> MaskPlan:
     """What a run's masks need (a resolved config): settings, budgets, the CAMs' precision, the refresh batch."""
     return MaskPlan(mask_settings(cfg), cfg.eps, cfg.eps_low, cfg.precision, max(cfg.batch_size, MASK_BATCH))
+
+
+def schedule(cfg: TrainConfig) -> Schedule:
+    """The learning-rate and budget schedules of a resolved config (``fastpart.schedules``)."""
+    return Schedule(cfg.lr, cfg.epochs, cfg.lr_schedule, tuple(cfg.milestones), 0.1, cfg.lr_warmup, cfg.eps_warmup)
 
 
 def generator_name(cfg: TrainConfig) -> str:

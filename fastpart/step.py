@@ -27,6 +27,7 @@ from fastpart.budgets import Eps
 from fastpart.loader import DeviceLoader
 from fastpart.objectives import Objective, natural_probs
 from fastpart.part import MaskPlan
+from fastpart.schedules import Schedule, scaled_budget
 
 __all__ = ["TIMED_BATCHES", "train_epoch", "train_step"]
 
@@ -79,7 +80,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
                 generate: Generator, rng: torch.Generator, *, eps: float = 8 / 255, masks: MaskPlan | None = None,
                 autocast_dtype: torch.dtype | None = None, attack_net: nn.Module | None = None,
                 update_net: nn.Module | None = None, average: WeightAverage | None = None,
-                desc: str = "epoch", timer: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+                desc: str = "epoch", timer: Callable[[int, float], None] | None = None,
+                schedule: Schedule | None = None, epoch: int = 0) -> dict[str, Any]:
     """One epoch of ``train_step``; returns its metrics record.
 
     The budget is ``eps`` everywhere, or with ``masks`` PART's per-pixel budget: the levels the loader
@@ -87,7 +89,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     record then has the important fraction and the degenerate maps). ``attack_net`` (default: the model)
     runs the attack and the update, e.g. a torch.compile'd model; ``update_net`` (default: ``attack_net``)
     the update alone, e.g. the DistributedDataParallel wrapper; ``average`` (``--ema``) follows every step.
-    ``timer(batches, seconds)`` is called once, with the time of batches 2 to ``TIMED_BATCHES + 1`` (the first
+    With a ``schedule`` (``fastpart.schedules``), epoch ``epoch``'s batches take its budget scale and, when it is
+    per batch, its learning rate at t = epoch + batch / batches. ``timer(batches, seconds)`` is called once, with the time of batches 2 to ``TIMED_BATCHES + 1`` (the first
     pays for warm-ups), or of all batches after the first when the epoch is shorter: an early estimate of the
     run's length (one device synchronisation on CUDA).
     Under several processes the record sums every process's shard. Every sum stays on the device until
@@ -98,10 +101,15 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     update_net = attack_net if update_net is None else update_net
     start = time.perf_counter()
     timed_from = None
+    per_epoch = max(len(loader), 1)
     for batch in tqdm(loader, desc=desc, leave=False, mininterval=1.0, disable=not distributed.is_main()):
         if timer is not None and batches in (1, TIMED_BATCHES + 1):
             timed_from = _timed(loader.device, timer, batches, timed_from)
         x, y, _, aux = batch if len(batch) == 4 else (*batch, None)
+        t = epoch + batches / per_epoch
+        if schedule is not None and schedule.per_batch:
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr_at(t)
         budget = eps
         if masks is not None and aux is not None:
             budget = masks.budget(aux)
@@ -110,6 +118,8 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
             sums[3] += stats["important"]
             sums[4] += stats["degenerate"]
             per_batch_masks += 1
+        if schedule is not None:
+            budget = scaled_budget(budget, schedule.eps_scale(t))
         sums[:3] += train_step(attack_net, optimizer, objective, generate, x, y, budget, rng,
                                autocast_dtype=autocast_dtype, update=update_net, average=average)
         seen += len(y)

@@ -55,9 +55,10 @@ from fastpart.models import create_model
 from fastpart.monitor import BestCheckpoint, holdout, split_accuracy
 from fastpart.objectives import Objective, get_objective
 from fastpart.progress import describe, duration, estimate
+from fastpart.schedules import Schedule
 from fastpart.part import MaskCache, MaskPlan, SplitImages, cached_levels, refresh_epochs, refresh_masks
 from fastpart.precision import autocast_dtype
-from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults,
+from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults, schedule,
                               process_batch_size, resolve)
 from fastpart.runfolder import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, TRAIN_LOCK, TrainingState, append_jsonl,
                                 environment, keep_metrics_until, load_checkpoint, read_checkpoint, resume_conflicts,
@@ -168,7 +169,8 @@ class _Run:
     generate: Generator
     autocast: torch.dtype | None
     masks: MaskPlan
-    schedule: list[int]  # 0-based epochs that begin with a mask refresh (PART)
+    refreshes: list[int]  # 0-based epochs that begin with a mask refresh (PART)
+    schedule: Schedule  # the learning rate and the budget against the training time
     state: TrainingState
     train_loader: DeviceLoader
     test_loader: DeviceLoader
@@ -248,7 +250,7 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
         cfg, run_dir, manifest["num_classes"], method, objective,
         make_generator(generator_name(cfg), generator_settings(cfg, objective)), autocast_dtype(cfg.precision),
         mask_plan(cfg), refresh_epochs(cfg.epochs, cfg.burn_in, cfg.mask_freq) if method.pixel_reweighted else [],
-        TrainingState(model, optimizer, scheduler, torch.Generator(device)), train_loader, test_loader, val_loader,
+        schedule(cfg), TrainingState(model, optimizer, scheduler, torch.Generator(device)), train_loader, test_loader, val_loader,
         model if cfg.compile_attack else net,  # a compiled attack compiles the model itself
         update_net, average, best, Board(run_dir / BOARD) if cfg.tensorboard and main else None,
         SplitImages(train_loader.unaugmented, device), MaskCache(run_dir / MASKS),
@@ -261,7 +263,7 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
         if best is not None:
             run.best = BestCheckpoint(best.path, best.metric, previous.get("best"))
     run.history = distributed.on_main(lambda: keep_metrics_until(run_dir / METRICS, run.start_epoch))
-    if run.mask_key is not None and run.start_epoch < cfg.epochs and run.start_epoch not in run.schedule:
+    if run.mask_key is not None and run.start_epoch < cfg.epochs and run.start_epoch not in run.refreshes:
         train_loader.set_aux(_restored_masks(run))
     return run
 
@@ -285,9 +287,12 @@ def _epochs(run: _Run) -> TrainResult:
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One epoch: refresh the masks on schedule, train, evaluate when due, write metrics and checkpoint."""
     cfg, model, state = run.cfg, run.state.model, run.state
-    record: dict[str, Any] = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"]}
+    lr = run.schedule.lr_at(epoch) if run.schedule.per_batch else state.optimizer.param_groups[0]["lr"]
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+    if cfg.eps_warmup:
+        record["eps_scale"] = run.schedule.eps_scale(epoch)  # at the epoch's start; it rises batch by batch
     masked = run.method.pixel_reweighted and epoch >= cfg.burn_in
-    if epoch in run.schedule:
+    if epoch in run.refreshes:
         record.update(_refresh(run, epoch))
     run.train_loader.set_epoch(epoch)
     state.generator.manual_seed(attack_seed(cfg.seed, epoch, distributed.rank()))
@@ -295,7 +300,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     record.update(train_epoch(model, run.train_loader, state.optimizer, run.objective, run.generate, state.generator,
                               eps=cfg.eps, masks=run.masks if masked else None, autocast_dtype=run.autocast,
                               attack_net=run.net, update_net=run.update_net, average=run.average,
-                              desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                              desc=f"epoch {epoch + 1}/{cfg.epochs}", schedule=run.schedule, epoch=epoch,
                               timer=(lambda n, s: tqdm.write(estimate(cfg, cfg.epochs - epoch, len(run.train_loader), s / n,
                                                                      run.train_loader.batch_size))) if first else None))
     run.epoch_seconds.append(record["epoch_seconds"] + record.get("mask_seconds", 0.0))

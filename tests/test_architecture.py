@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastpart"
 STAGES = [
     ["errors"],
     ["config", "atomic", "modes", "averaging", "budgets"],
-    ["precision", "data.arrays"],
+    ["precision", "schedules", "data.arrays"],
     ["data.splitfiles", "data.shapes", "data.imageops"],
     ["data.corruptions", "data.sources"],
     ["data.readers"],

@@ -1,0 +1,64 @@
+"""The per-batch schedules of a run, as functions of the training time t = epoch + batch / batches (0 at the
+start, ``epochs`` at the end), so that a resumed run recomputes them exactly, with no state to save.
+
+    step      the paper's schedule: lr / 10 at each milestone epoch (``fastpart train``'s MultiStepLR), after an
+              optional linear warm-up from 0 over ``lr_warmup`` epochs
+    onecycle  Wong, Rice & Kolter, "Fast is better than free: revisiting adversarial training" (ICLR 2020):
+              lr rises linearly from 0 to --lr at 2/5 of the epochs, then falls linearly to 0 at the end
+    eps ramp  ``eps_warmup`` E > 0: the budget is eps * min(1, t / E) (PART's eps and eps_low alike, so their
+              ratio is kept; the attack's step size stays), as fast adversarial training ramps its budget
+
+``Schedule.per_batch`` says whether the learning rate is set batch by batch (a warm-up or one-cycle);
+without it the step schedule is the MultiStepLR of the paper's recipe, exactly as before.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from fastpart.budgets import Eps, EpsLevels
+
+__all__ = ["ONECYCLE_PEAK", "Schedule", "scaled_budget"]
+
+ONECYCLE_PEAK = 0.4  # the one-cycle peak, as a fraction of the epochs (Wong et al.: 2/5)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate and budget scale against the training time t (in epochs)."""
+
+    lr: float
+    epochs: int
+    kind: str = "step"  # step or onecycle
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    lr_warmup: float = 0.0  # epochs of linear warm-up from 0 (step schedule)
+    eps_warmup: float = 0.0  # epochs of the linear budget ramp from 0
+
+    @property
+    def per_batch(self) -> bool:
+        """The learning rate changes within an epoch (set before every batch)."""
+        return self.kind != "step" or self.lr_warmup > 0
+
+    def lr_at(self, t: float) -> float:
+        if self.kind == "onecycle":
+            peak = ONECYCLE_PEAK * self.epochs
+            if t <= peak:
+                return self.lr * t / peak
+            return self.lr * max(0.0, (self.epochs - t) / (self.epochs - peak))
+        decayed = self.lr * self.gamma ** bisect_right(sorted(self.milestones), int(t))
+        return decayed * min(1.0, t / self.lr_warmup) if self.lr_warmup > 0 else decayed
+
+    def eps_scale(self, t: float) -> float:
+        """The fraction of the budget in use at time t: 1 after the ramp (or without one)."""
+        return min(1.0, t / self.eps_warmup) if self.eps_warmup > 0 else 1.0
+
+
+def scaled_budget(eps: Eps, scale: float) -> Eps:
+    """A budget times ``scale``: a float or tensor multiplied, PART's two levels both multiplied."""
+    if scale == 1.0:
+        return eps
+    if isinstance(eps, EpsLevels):
+        return EpsLevels(eps.levels, eps.high * scale, eps.low * scale)
+    return eps * scale

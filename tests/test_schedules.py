@@ -1,0 +1,77 @@
+"""The per-batch schedules: the one-cycle and warmed-up learning rates and the budget ramp, as functions of the
+training time, in a run, and resumed exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from support import ctrl_c_before_epoch
+
+from fastpart.budgets import EpsLevels
+from fastpart.cli import main
+from fastpart.schedules import Schedule
+
+TRAIN = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--epochs", "3", "--batch-size", "32", "--steps", "1",
+         "--eval-steps", "1", "--eval-n", "16", "--seed", "2"]
+
+
+def test_onecycle_rises_to_the_peak_at_two_fifths_and_falls_to_zero():
+    s = Schedule(lr=0.2, epochs=10, kind="onecycle")
+    assert s.per_batch and s.lr_at(0) == 0 and s.lr_at(4) == pytest.approx(0.2) and s.lr_at(10) == 0
+    assert s.lr_at(2) == pytest.approx(0.1) and s.lr_at(7) == pytest.approx(0.1)
+
+
+def test_step_schedule_with_a_warmup_and_the_papers_decay():
+    plain = Schedule(lr=0.1, epochs=80, milestones=(60,))
+    assert not plain.per_batch and plain.lr_at(59.9) == pytest.approx(0.1) and plain.lr_at(60) == pytest.approx(0.01)
+    warm = Schedule(lr=0.1, epochs=80, milestones=(60,), lr_warmup=2)
+    assert warm.per_batch and warm.lr_at(0) == 0 and warm.lr_at(1) == pytest.approx(0.05)
+    assert warm.lr_at(2) == pytest.approx(0.1) and warm.lr_at(70) == pytest.approx(0.01)
+    ramp = Schedule(lr=0.1, epochs=10, eps_warmup=2)
+    assert [ramp.eps_scale(t) for t in (0, 0.5, 2, 5)] == [0, 0.25, 1, 1] and Schedule(0.1, 10).eps_scale(0) == 1
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    assert main(["convert", "shapes", "--n-train", "128", "--n-test", "32", "--out", str(root), "--format", "npz"]) == 0
+    return root
+
+
+def test_the_budget_ramps_batch_by_batch_with_parts_ratio_kept(data_dir, tmp_path, monkeypatch):
+    import fastpart.attacks.generators as generators
+
+    seen = []
+    real = generators.pgd
+
+    def recording(model, x, y, eps, *args, **kwargs):
+        seen.append(eps)
+        return real(model, x, y, eps, *args, **kwargs)
+
+    monkeypatch.setattr(generators, "pgd", recording)
+    assert main(["train", *TRAIN, "--method", "part", "--burn-in", "0", "--mask-freq", "1", "--eps-warmup", "2",
+                 "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]) == 0
+    assert len(seen) == 3 * 4 and all(isinstance(e, EpsLevels) for e in seen)
+    highs = [e.high for e in seen]
+    assert highs[0] == 0 and highs[:8] == sorted(highs[:8]) and highs[4] == pytest.approx(8 / 255 * 4 / 8)
+    assert highs[8:] == [pytest.approx(8 / 255)] * 4  # the ramp is over after two epochs
+    assert all(e.low == pytest.approx(e.high * 7 / 8) for e in seen)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eps_scale"] for r in records] == [0, 0.5, 1]
+
+
+def test_an_interrupted_run_with_per_batch_schedules_resumes_identically(data_dir, tmp_path, monkeypatch):
+    options = [*TRAIN, "--method", "at", "--lr-schedule", "onecycle", "--lr", "0.1", "--eps-warmup", "1.5",
+               "--data-dir", str(data_dir)]
+    assert main(["train", *options, "--out", str(tmp_path / "straight")]) == 0
+    with ctrl_c_before_epoch(monkeypatch, 2):
+        assert main(["train", *options, "--out", str(tmp_path / "cut")]) == 130
+    assert main(["train", *options, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    straight, cut = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+                     for name in ("straight", "cut"))
+    assert all(torch.equal(straight[k], cut[k]) for k in straight)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0, 0.1 * 1 / 1.2, 0.1 * 1 / 1.8])  # one-cycle: t / 1.2 up to 1.2, then down
