@@ -212,6 +212,8 @@ class TrainConfig:
     loader: str = option("auto", "loader backend: memory (the split on the device), ffcv (streamed), or auto",
                          "data", choices=LOADERS)
     workers: int = option(0, "ffcv decoding threads (0: all cores)", "data", "int", resume=True)
+    train_n: int | None = option(None, "train on a fixed subset of N training images, the same for every seed "
+                                 "(default: all)", "data", "int", metavar="N", shown=False)
     # method
     method: str = option("part", "part, part-trades, part-mart (PART with AT, TRADES, MART), or the baselines at, "
                          "trades, mart", "method", choices=tuple(METHODS))
@@ -390,6 +392,8 @@ def check_train(cfg: TrainConfig, given: set[str] | None = None) -> None:
             raise FastpartError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.val_every < 1:
         raise FastpartError(f"--val-every must be >= 1, got {cfg.val_every}")
+    if cfg.train_n is not None and cfg.train_n < 1:
+        raise FastpartError(f"--train-n must be >= 1, got {cfg.train_n}")
     if cfg.eval_n is not None and cfg.eval_n < 1:
         raise FastpartError(f"--eval-n must be >= 1, got {cfg.eval_n}")
     for name in ("eps", "eps_low", "alpha"):

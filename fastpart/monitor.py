@@ -71,15 +71,26 @@ def split_accuracy(model: nn.Module, loader: DeviceLoader, eps: float, steps: in
     return {f"{head}_natural_acc": natural / seen, f"{head}_pgd{steps}_acc": robust / seen, f"{head}_n": seen}
 
 
-def holdout(n: int, val_n: int, seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(training rows, validation rows) of a split of ``n`` images, each sorted; (None, None) for val_n 0."""
-    if val_n == 0:
-        return None, None
-    if not 0 < val_n < n:
+def holdout(n: int, val_n: int, seed: int, train_n: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(training rows, validation rows) of a split of ``n`` images, each sorted; None for all rows (training) and
+    for no validation (val_n 0).
+
+    The validation rows are a seeded draw of ``val_n``; ``train_n`` keeps a subset of the other rows for training,
+    the same for every seed (a fixed training set, so runs of several seeds differ only in their randomness)."""
+    if not 0 <= val_n < n:
         raise FastpartError(f"--val-n must be between 1 and {n - 1} (the training split has {n} images), got {val_n}")
-    generator = torch.Generator().manual_seed(stream_seed(seed, 0, "validation"))
-    order = torch.randperm(n, generator=generator).numpy()
-    return np.sort(order[val_n:]), np.sort(order[:val_n])
+    val = None
+    rest = np.arange(n)
+    if val_n:
+        generator = torch.Generator().manual_seed(stream_seed(seed, 0, "validation"))
+        order = torch.randperm(n, generator=generator).numpy()
+        val, rest = np.sort(order[:val_n]), np.sort(order[val_n:])
+    if train_n is None:
+        return (None if val is None else rest), val
+    if not 0 < train_n <= len(rest):
+        raise FastpartError(f"--train-n must be between 1 and {len(rest)} (the training images left), got {train_n}")
+    fixed = torch.Generator().manual_seed(stream_seed(0, 0, "training-subset"))
+    return np.sort(rest[torch.randperm(len(rest), generator=fixed).numpy()[:train_n]]), val
 
 
 class BestCheckpoint:

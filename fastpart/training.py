@@ -217,7 +217,7 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
     main, run_dir = distributed.is_main(), Path(cfg.out)
     dataset_sha = manifest["splits"]["train"]["sha256"]
     previous = distributed.on_main(lambda: _previous_run(cfg, dataset_sha))
-    train_rows, val_rows = holdout(manifest["splits"]["train"]["count"], cfg.val_n, cfg.seed)
+    train_rows, val_rows = holdout(manifest["splits"]["train"]["count"], cfg.val_n, cfg.seed, cfg.train_n)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if previous is not None:
@@ -254,7 +254,8 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
         model if cfg.compile_attack else net,  # a compiled attack compiles the model itself
         update_net, average, best, Board(run_dir / BOARD) if cfg.tensorboard and main else None,
         SplitImages(train_loader.unaugmented, device), MaskCache(run_dir / MASKS),
-        dataset_sha if val_rows is None else f"{dataset_sha}|val={cfg.val_n}@{cfg.seed}", dataset_sha)
+        dataset_sha + (f"|val={cfg.val_n}@{cfg.seed}" if val_rows is not None else "")
+        + (f"|train={cfg.train_n}" if cfg.train_n is not None else ""), dataset_sha)
     if previous is not None:
         run.start_epoch, run.mask_key = load_checkpoint(previous, run.state)
         run.mask_weights = previous.get("mask_model")

@@ -66,6 +66,22 @@ def test_validation_rows_are_seeded_and_disjoint_from_training():
         holdout(100, 100, 3)
 
 
+def test_a_training_subset_is_the_same_for_every_seed_and_never_meets_the_validation_rows():
+    train, val = holdout(100, 0, seed=3, train_n=30)
+    assert val is None and len(train) == 30 and np.array_equal(train, holdout(100, 0, seed=5, train_n=30)[0])
+    train, val = holdout(100, 20, seed=3, train_n=50)
+    assert len(train) == 50 and len(val) == 20 and not set(train) & set(val)
+    with pytest.raises(FastpartError, match="--train-n must be between 1 and 80"):
+        holdout(100, 20, 3, train_n=81)
+
+
+def test_a_run_on_a_training_subset_trains_on_it_alone(data_dir, tmp_path):
+    assert main(["train", *ARGS[:12], "--method", "at", "--epochs", "1", "--train-n", "64", "--data-dir",
+                 str(data_dir), "--out", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["images"] == 64 and json.loads((tmp_path / "run" / "config.json").read_text())["train_n"] == 64
+
+
 @pytest.fixture(scope="module")
 def straight(data_dir, tmp_path_factory) -> dict:
     """One uninterrupted run, with what the mask refreshes and the loaders were given."""
