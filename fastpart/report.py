@@ -35,7 +35,8 @@ from fastpart.figures import (PANEL_STEPS, PHASE_COLOURS, Panel, accuracy_figure
 from fastpart.records import RunRecords, is_number, paper_csv, read_run
 from fastpart.resolve import resolve_device
 from fastpart.runfolder import EVAL, METRICS
-from fastpart.tables import group_by_seed, paper_comparison, table1_csv, table1_markdown
+from fastpart.tables import (group_by_seed, paired_differences, paired_markdown, paper_comparison, table1_csv,
+                             table1_markdown)
 
 __all__ = ["csv_rows", "percent", "training_summary", "write_report"]
 
@@ -349,6 +350,11 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None, n_im
             lines[2:2] = ["## Table 1: mean ± sample std over seeds (percent)", "", *table1_markdown(groups), "",
                           "Runs differing only in their seed form one row; `table1.csv` holds the same numbers.", ""]
             figures["table1.csv"] = table1_csv(groups).encode()
+    paired = paired_markdown(paired_differences(records))
+    if paired:
+        lines[2:2] = ["## PART against its base, paired by seed", "", *paired, "",
+                      "Differences of the same seed's runs (same data order and initial weights), in points; the "
+                      "interval is Student's t over the seeds.", ""]
     against_paper = paper_comparison(groups)
     if against_paper:
         lines[2:2] = ["## Against the paper's Table 1 (ResNet-18, CIFAR-10)", "", *against_paper, "",

@@ -4,6 +4,10 @@ mean ± sample standard deviation (ddof 1) over the runs that measured it, with 
 Runs are grouped by every training setting except the seed and what does not change the result (paths,
 resume, evaluation cadence, workers, compile); a row is labelled by method, dataset and model. Values
 come from each run's eval.json (``fastpart eval``), in percent.
+
+``paired_differences``: a PART method against its base (part - at, part-trades - trades, part-mart - mart) over
+runs with the same settings and seed, per result of eval.json: the mean difference in points and its 95%
+interval (Student's t over the seeds), the way a paired study reports one method against another.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from fastpart.config import TrainConfig
+from fastpart.config import METHODS, TrainConfig, part_only
 from fastpart.records import PAPER_COLUMNS, RunRecords, is_number
 from fastpart.runfolder import RESUME_MAY_CHANGE
 
-__all__ = ["PAPER_TABLE1", "SeedGroup", "group_by_seed", "paper_comparison", "table1_csv", "table1_markdown"]
+__all__ = ["PAPER_TABLE1", "PairedDifference", "SeedGroup", "group_by_seed", "paired_differences", "paired_markdown",
+           "paper_comparison", "table1_csv", "table1_markdown"]
 
 # The paper's Table 1 (ResNet-18, CIFAR-10, mean of its runs), percent: natural, PGD-20, MMA, AA.
 PAPER_TABLE1 = {
@@ -117,3 +122,61 @@ def paper_comparison(groups: Sequence[SeedGroup]) -> list[str]:
     if not lines:
         return []
     return ["| method | column | paper | fastpart | gap (points) | runs |", "|---|---|---|---|---|---|", *lines]
+
+
+@dataclass
+class PairedDifference:
+    """One result of a PART method minus its base over the seeds both ran: differences in fractions."""
+
+    method: str
+    base: str
+    result: str
+    differences: list[float]
+
+    def interval(self, level: float = 0.95) -> tuple[float, float | None, float | None]:
+        """(mean, low, high) of the mean difference, Student's t interval over the seeds (None with one seed)."""
+        n = len(self.differences)
+        mean = sum(self.differences) / n
+        if n < 2:
+            return mean, None, None
+        from scipy.stats import t
+
+        sd = math.sqrt(sum((d - mean) ** 2 for d in self.differences) / (n - 1))
+        half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+        return mean, mean - half, mean + half
+
+
+def _pairing_key(records: RunRecords) -> str:
+    ignored = NOT_GROUPED | part_only(TrainConfig) | {"method"}
+    return json.dumps({k: records.config.get(k) for k in TrainConfig.__dataclass_fields__ if k not in ignored},
+                      sort_keys=True, default=str)
+
+
+def paired_differences(runs: Sequence[RunRecords]) -> list[PairedDifference]:
+    """Every result measured by a PART run and by the run of its base method with the same settings and seed."""
+    by_key = {(_pairing_key(r), r.config.get("method"), r.config.get("seed")): r for r in runs}
+    found: dict[tuple[str, str, str], PairedDifference] = {}
+    for (key, method, seed), part in by_key.items():
+        if method not in METHODS or not METHODS[method].pixel_reweighted:
+            continue
+        base_method = METHODS[method].objective
+        base = by_key.get((key, base_method, seed))
+        if base is None:
+            continue
+        for result, entry in part.results.items():
+            other = base.results.get(result)
+            if isinstance(entry, dict) and isinstance(other, dict) and is_number(entry.get("accuracy")) \
+                    and is_number(other.get("accuracy")):
+                pair = found.setdefault((method, base_method, result), PairedDifference(method, base_method, result, []))
+                pair.differences.append(float(entry["accuracy"]) - float(other["accuracy"]))
+    return list(found.values())
+
+
+def paired_markdown(pairs: Sequence[PairedDifference]) -> list[str]:
+    """Markdown rows: comparison, result, mean difference and its 95% interval in points, seeds."""
+    lines = ["| comparison | result | mean difference (points) | 95% interval | seeds |", "|---|---|---|---|---|"]
+    for p in pairs:
+        mean, low, high = p.interval()
+        interval = "—" if low is None else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+        lines.append(f"| {p.method} − {p.base} | {p.result} | {100 * mean:+.2f} | {interval} | {len(p.differences)} |")
+    return lines if pairs else []

@@ -70,3 +70,26 @@ def test_cifar10_rows_are_set_against_the_papers_table1(tmp_path):
     assert f"| part | pgd20 | {PAPER_TABLE1['part'][1]:.2f} | 44.00 ± 0.00 | {44.0 - PAPER_TABLE1['part'][1]:+.2f} | 2 |" in lines
     assert "| part | aa | 41.74 | — | — | 0 |" in lines
     assert paper_comparison(group_by_seed([RunRecords(tmp_path, {"dataset": "shapes", "method": "at"}, {}, [], None)])) == []
+
+
+def test_part_is_set_against_its_base_seed_by_seed_with_a_t_interval(tmp_path):
+    from fastpart.records import RunRecords
+    from fastpart.tables import paired_differences, paired_markdown
+
+    def run(method: str, seed: int, natural: float, pgd: float, **extra) -> RunRecords:
+        config = {"dataset": "cifar10", "model": "resnet18_cifar_w8", "method": method, "seed": seed, "lr": 0.1, **extra}
+        results = {"natural": {"accuracy": natural}, "pgd20": {"accuracy": pgd}}
+        return RunRecords(tmp_path / f"{method}{seed}", config, {}, [], {"results": results})
+
+    runs = [run("at", 0, 0.80, 0.40), run("part", 0, 0.82, 0.41, burn_in=5), run("at", 1, 0.78, 0.42),
+            run("part", 1, 0.81, 0.42, burn_in=5), run("at", 2, 0.79, 0.41),
+            run("part", 2, 0.79, 0.40, burn_in=5),  # PART's own options do not prevent the pairing
+            run("part", 3, 0.5, 0.2, lr=0.2)]  # other settings: no AT twin, left out
+    pairs = {p.result: p for p in paired_differences(runs)}
+    assert set(pairs) == {"natural", "pgd20"} and pairs["natural"].differences == pytest.approx([0.02, 0.03, 0.0])
+    mean, low, high = pairs["natural"].interval()
+    diffs = [0.02, 0.03, 0.0]
+    half = 4.302653 * statistics.stdev(diffs) / 3 ** 0.5  # t(0.975, 2)
+    assert mean == pytest.approx(statistics.mean(diffs)) and (low, high) == pytest.approx((mean - half, mean + half))
+    rows = paired_markdown(list(pairs.values()))
+    assert f"| part − at | natural | {100 * mean:+.2f} | [{100 * low:+.2f}, {100 * high:+.2f}] | 3 |" in rows
