@@ -76,20 +76,26 @@ def test_smoke_over_seeds_reports_table1(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_of_the_at_and_part_reproduction(data, tmp_path):
+def test_smoke_of_the_paired_study_through_the_reproduction_wrapper(data, tmp_path):
+    """cpu_study.sh (here through reproduce_at_part.sh, its paper-scale wrapper) over two seeds: AT and PART of a
+    seed share the seed, the report pairs them, and a second run resumes everything (nothing retrained)."""
     env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
-    out = tmp_path / "table1"
-    result = subprocess.run(["bash", str(PIPELINES / "reproduce_at_part.sh"), "--smoke", "--out", str(out),
-                             "--data-dir", str(data)], capture_output=True, text=True, env=env, timeout=600)
+    out = tmp_path / "study"
+    command = ["bash", str(PIPELINES / "reproduce_at_part.sh"), "--smoke", "--seeds", "0,1", "--out", str(out),
+               "--data-dir", str(data)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for method in ("at", "part"):
-        assert json.loads((out / method / "config.json").read_text())["method"] == method
-        record = json.loads((out / method / "eval.json").read_text())
-        assert record["results"]["aa"]["n"] == 8 and record["results"]["natural"]["n"] == 16
+        for seed in (0, 1):
+            config = json.loads((out / f"{method}-s{seed}" / "config.json").read_text())
+            assert (config["method"], config["seed"]) == (method, seed)
+            record = json.loads((out / f"{method}-s{seed}" / "eval.json").read_text())
+            assert record["results"]["aa"]["n"] == 4 and record["results"]["natural"]["n"] == 16
     assert result.stdout.strip().splitlines()[-1] == str(out / "report" / "report.md")
-    again = subprocess.run(["bash", str(PIPELINES / "reproduce_at_part.sh"), "--smoke", "--out", str(out),
-                            "--data-dir", str(data), "--sequential"], capture_output=True, text=True, env=env,
-                           timeout=600)
+    report = (out / "report" / "report.md").read_text()
+    assert "## PART against its base, paired by seed" in report and "| part − at | natural |" in report
+    assert (out / "command.txt").read_text().split()[0].endswith("pipelines/cpu_study.sh")  # what made it
+    again = subprocess.run(command + ["--sequential"], capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "epoch 1/2" not in again.stdout  # finished runs resume: nothing retrained
 
 
