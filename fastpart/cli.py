@@ -278,6 +278,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, help="evaluate a seeded subset of N test images (default: all)")
     p.add_argument("--aa-n", type=int, metavar="N",
                    help="run the aa attacks on a seeded subset of N of the evaluated images (default: all of them)")
+    p.add_argument("--aa-backend", default=d.aa_backend, choices=["fast", "reference"],
+                   help="AutoAttack: fast (fastpart's: the reference's verdicts, settled points leave early; the "
+                   "reference itself where the model's results depend on the batch) or reference (pyautoattack as "
+                   "it is) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="subset and attack seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (default: %(default)s)")

@@ -338,6 +338,7 @@ class EvalConfig:
     c_data_dir: str | None = None
     c_dataset: str = "cifar10c"
     restart: bool = False
+    aa_backend: str = "fast"  # fastpart.attacks.autoattack: fast (the reference's verdicts) or reference
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,7 @@ An evaluator asks for items and, for compound results (eps-curve, checks, cifar1
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -40,31 +40,6 @@ AA_ATTACKS = {"aa-apgd-ce": ["apgd-ce"], "aa-apgd-t": ["apgd-t"], "aa-fab-t": ["
 # ---------------------------------------------------------------------------------------------
 
 
-class _ContiguousGradient(torch.autograd.Function):
-    """Identity whose backward hands the input a contiguous gradient (AutoAttack .view()s gradients)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
-
-
-class _FloatLogits(nn.Module):
-    """The model under autocast (if any), returning float32 logits: what AutoAttack is handed."""
-
-    def __init__(self, model: nn.Module, autocast: torch.dtype | None):
-        super().__init__()
-        self.model, self.autocast = model, autocast
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _ContiguousGradient.apply(x) if x.requires_grad else x
-        with torch.autocast(x.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            return self.model(x).float()
-
-
 @dataclass
 class Context:
     run: LoadedRun
@@ -72,6 +47,7 @@ class Context:
     device: torch.device
     autocast: torch.dtype | None
     surrogate: LoadedRun | None = None
+    notes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # what attacks record per batch run
 
     @property
     def model(self) -> nn.Module:
@@ -118,26 +94,20 @@ def mma_ref_attack(ctx: Context, x: torch.Tensor, y: torch.Tensor, gen: torch.Ge
 
 
 def autoattack(attacks: list[str] | None) -> Attack:
-    """AutoAttack through pyautoattack: the standard version (attacks None) or a subset of its attacks
-    with the standard version's settings."""
+    """AutoAttack, the standard version (attacks None) or a subset of its attacks with the standard version's
+    settings, through ``fastpart.attacks.autoattack``: its fast path (``--aa-backend fast``, the default: the
+    verdicts of the reference, pyautoattack, or the reference itself where the model is not batch-invariant) or
+    pyautoattack as-is (``--aa-backend reference``). The seed of a batch is drawn from its generator."""
 
     def run(ctx: Context, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Eps]:
-        try:
-            from pyautoattack import AutoAttack
-        except ImportError:
-            raise FastpartError("the aa attacks need the pyautoattack package: pip install pyautoattack") from None
+        from fastpart.attacks.autoattack import autoattack as run_autoattack
+
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device).item())
-        adversary = AutoAttack(_FloatLogits(ctx.model, ctx.autocast), norm="Linf", eps=ctx.cfg.eps,
-                               version="standard", device=ctx.device, seed=seed)
-        adversary.verbose = False
         classes = ctx.run.manifest["num_classes"]
-        if classes < 4 and (attacks is None or "apgd-t" in attacks):
-            raise FastpartError(f"AutoAttack's APGD-T (targeted DLR loss) needs at least 4 classes; this model has {classes}")
-        adversary.apgd_targeted.n_target_classes = min(9, classes - 1)
-        adversary.fab.n_target_classes = min(9, classes - 1)
-        if attacks is not None:
-            adversary.attacks_to_run = list(attacks)
-        x_adv, _ = adversary.run_standard_evaluation(x.contiguous(), y, batch_size=len(x))
+        x_adv, info = run_autoattack(ctx.model, x, y, ctx.cfg.eps, attacks=attacks, seed=seed,
+                                     n_target_classes=min(9, classes - 1), autocast_dtype=ctx.autocast,
+                                     backend=ctx.cfg.aa_backend)
+        ctx.notes.setdefault("autoattack", []).append(info.to_dict())
         return x_adv.to(x.dtype), ctx.cfg.eps
 
     return run
