@@ -2,7 +2,7 @@
 # PART against AT on real CIFAR-10, paired over seeds: convert -> for every seed, AT and PART with identical
 # settings but the budget (same data order and initial weights) -> evaluations -> one report with the paired
 # differences. Every step resumes: run the same command again after a kill or a time limit and it continues.
-#   bash pipelines/cpu_study.sh [--full | --smoke] [--seeds 0,1,2] [--source ARCHIVE] [--out DIR] [--data-dir DIR]
+#   bash pipelines/cpu_study.sh [--full | --gpu | --smoke] [--seeds 0,1,2] [--source ARCHIVE] [--out DIR] [--data-dir DIR]
 #                               [--sequential]
 #   default (the CPU scale, about 90 minutes on 2 cores; README "PART on real CIFAR-10" says why each choice):
 #     the JPEG CIFAR-10 of ../shared/datasets, width-8 ResNet-18, a fixed 10,000-image training subset, 15 epochs of
@@ -11,17 +11,20 @@
 #     seeded 1,000
 #   --full: the paper's scale, for a GPU: ResNet-18, 80 epochs, the whole training split, PGD-10, lr 0.01 / 10 at 60,
 #     burn-in 20, masks every 10, the fast path; natural, PGD-20 and MMA on the test split, AutoAttack on 1,000
+#   --gpu: one short run of each on one GPU in a few minutes (benchmarks/gpu_study.sh): ResNet-18, a 15,000-image
+#     subset, 15 epochs, one-cycle lr (peak 0.1), a 2-epoch budget ramp, PGD-10, burn-in 4, masks every 2
 #   --smoke: the same steps in a minute on generated shapes data (the tests run it)
 #   --sequential: one training at a time (default: the AT and PART runs of a seed side by side, one thread each)
 # One seed writes OUT/at and OUT/part; several write OUT/at-sS and OUT/part-sS; the report goes to OUT/report.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-fastpart="${FASTPART:-$here/.venv/bin/fastpart}"
+read -r -a fastpart <<< "${FASTPART:-$here/.venv/bin/fastpart}"  # the command, e.g. FASTPART="python3 -m fastpart"
 scale=cpu seeds=0,1,2 source_path="$here/../shared/datasets/cifar10-jpeg.tar.gz" out="runs/cpu-study" data="data"
 together=1 images=4
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) scale=full; shift ;;
+        --gpu) scale=gpu; shift ;;
         --smoke) scale=smoke; shift ;;
         --seeds) seeds="$2"; shift 2 ;;
         --source) source_path="$2"; shift 2 ;;
@@ -38,20 +41,26 @@ done
 
 case "$scale" in
     smoke)
-        "$fastpart" convert shapes --n-train 128 --n-test 64 --out "$data" --format npz
+        "${fastpart[@]}" convert shapes --n-train 128 --n-test 64 --out "$data" --format npz
         train=(--dataset shapes --model resnet18_cifar_w8 --epochs 2 --batch-size 64 --steps 2 --eval-steps 2
                --eval-every 1)
         part=(--burn-in 1 --mask-freq 1)
         evaluate=(--attacks natural,pgd20,aa --n 16 --aa-n 4 --batch-size 16 --device cpu)
         images=1 ;;
     cpu)
-        "$fastpart" convert cifar10 --source "$source_path" --out "$data" --format npz
+        "${fastpart[@]}" convert cifar10 --source "$source_path" --out "$data" --format npz
         train=(--dataset cifar10 --model resnet18_cifar_w8 --train-n 10000 --epochs 15 --batch-size 128 --lr 0.1
                --lr-schedule onecycle --eps-warmup 2 --steps 3 --alpha 2.5/255 --eval-n 1000 --device cpu)
         part=(--burn-in 4 --mask-freq 2)
         evaluate=(--attacks natural,pgd20,aa --aa-n 1000 --batch-size 500 --device cpu) ;;
+    gpu)  # one short run of each on one GPU (benchmarks/gpu_study.sh): the paper's model, budget and PGD-10
+        "${fastpart[@]}" convert cifar10 --source "$source_path" --out "$data" --format npz
+        train=(--dataset cifar10 --train-n 15000 --epochs 15 --lr 0.1 --lr-schedule onecycle --eps-warmup 2
+               --eval-every 5 --eval-n 1000 --compile --compile-attack --compile-mode reduce-overhead)
+        part=(--burn-in 4 --mask-freq 2)
+        evaluate=(--attacks natural,pgd20,aa --aa-n 1000 --batch-size 1000 --precision fp32) ;;
     full)
-        "$fastpart" convert cifar10 --source "$source_path" --out "$data" --format npz
+        "${fastpart[@]}" convert cifar10 --source "$source_path" --out "$data" --format npz
         train=(--dataset cifar10 --epochs 80 --eval-every 10 --compile --compile-attack --compile-mode reduce-overhead)
         part=(--burn-in 20 --mask-freq 10)
         evaluate=(--attacks natural,pgd20,mma,aa --aa-n 1000 --precision fp32) ;;
@@ -68,7 +77,7 @@ for seed in "${seed_list[@]}"; do
         [ "${#seed_list[@]}" -gt 1 ] && run="$out/$method-s$seed"
         options=()
         [ "$method" = part ] && options=("${part[@]}")  # AT has no masks and refuses PART's options
-        command=("$fastpart" train "${train[@]}" "${options[@]}" --method "$method" --seed "$seed" --data-dir "$data"
+        command=("${fastpart[@]}" train "${train[@]}" "${options[@]}" --method "$method" --seed "$seed" --data-dir "$data"
                  --out "$run" --resume)
         if [ "$together" = 1 ]; then
             "${command[@]}" > "$run.log" 2>&1 &
@@ -83,6 +92,6 @@ for seed in "${seed_list[@]}"; do
     done
 done
 for run in "${runs[@]}"; do
-    "$fastpart" eval "$run" "${evaluate[@]}"
+    "${fastpart[@]}" eval "$run" "${evaluate[@]}"
 done
-"$fastpart" report "${runs[@]}" --out "$out/report" --images "$images"
+"${fastpart[@]}" report "${runs[@]}" --out "$out/report" --images "$images"

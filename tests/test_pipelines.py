@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from fastpart.data.datasets import DATASETS
 from fastpart.config import METHODS
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = ROOT / "pipelines"
 ROWS = [(d, m) for d in ("cifar10", "svhn", "tinyimagenet") for m in METHODS]
 
 
@@ -76,27 +78,36 @@ def test_smoke_over_seeds_reports_table1(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_of_the_paired_study_through_the_reproduction_wrapper(data, tmp_path):
-    """cpu_study.sh (here through reproduce_at_part.sh, its paper-scale wrapper) over two seeds: AT and PART of a
-    seed share the seed, the report pairs them, and a second run resumes everything (nothing retrained)."""
-    env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
-    out = tmp_path / "study"
-    command = ["bash", str(PIPELINES / "reproduce_at_part.sh"), "--smoke", "--seeds", "0,1", "--out", str(out),
-               "--data-dir", str(data)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+def test_smoke_of_the_gpu_study_and_the_paired_cpu_study_it_runs(tmp_path):
+    """benchmarks/gpu_study.sh --smoke runs pipelines/cpu_study.sh (AT and PART of one seed, evaluated, reported
+    with their paired difference), resumes it in a second call without retraining, runs the baseline, and brings
+    back at most the 8 files a GPU call returns."""
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_study.sh"), str(out), "--smoke"],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and {"at-metrics.jsonl", "part-metrics.jsonl", "at-eval.json", "part-eval.json",
+                                "report.md", "steps.txt", "rest.tar.gz"} <= set(files)
+    steps = (out / "steps.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in steps] == ["study", "study-rest", "baseline"]
+    assert steps[0].startswith("study: exit 0") and steps[1].startswith("study-rest: exit 0")
     for method in ("at", "part"):
-        for seed in (0, 1):
-            config = json.loads((out / f"{method}-s{seed}" / "config.json").read_text())
-            assert (config["method"], config["seed"]) == (method, seed)
-            record = json.loads((out / f"{method}-s{seed}" / "eval.json").read_text())
-            assert record["results"]["aa"]["n"] == 4 and record["results"]["natural"]["n"] == 16
-    assert result.stdout.strip().splitlines()[-1] == str(out / "report" / "report.md")
-    report = (out / "report" / "report.md").read_text()
-    assert "## PART against its base, paired by seed" in report and "| part − at | natural |" in report
-    assert (out / "command.txt").read_text().split()[0].endswith("pipelines/cpu_study.sh")  # what made it
-    again = subprocess.run(command + ["--sequential"], capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0 and "epoch 1/2" not in again.stdout  # finished runs resume: nothing retrained
+        record = json.loads((out / f"{method}-eval.json").read_text())
+        assert record["method"] == method and record["results"]["aa"]["n"] == 4 and record["results"]["natural"]["n"] == 16
+    assert "## PART against its base, paired by seed" in (out / "report.md").read_text()
+    with tarfile.open(out / "rest.tar.gz") as archive:
+        names = archive.getnames()
+    assert any(n.endswith("study/command.txt") for n in names) and any(n.endswith("study-rest.log") for n in names)
+    assert not any(n.endswith(".pt") for n in names)  # no checkpoints come back
+
+
+def test_the_reproduction_is_the_study_at_the_papers_scale():
+    bad = subprocess.run(["bash", str(PIPELINES / "reproduce_at_part.sh"), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr  # its options go to cpu_study.sh
+    text = (PIPELINES / "reproduce_at_part.sh").read_text()
+    assert 'cpu_study.sh" --full --seeds 0' in text
 
 
 def test_unknown_option_is_refused():
