@@ -5,8 +5,11 @@ start, ``epochs`` at the end), so that a resumed run recomputes them exactly, wi
               optional linear warm-up from 0 over ``lr_warmup`` epochs
     onecycle  Wong, Rice & Kolter, "Fast is better than free: revisiting adversarial training" (ICLR 2020):
               lr rises linearly from 0 to --lr at 2/5 of the epochs, then falls linearly to 0 at the end
-    eps ramp  ``eps_warmup`` E > 0: the budget is eps * min(1, t / E) (PART's eps and eps_low alike, so their
-              ratio is kept; the attack's step size stays), as fast adversarial training ramps its budget
+    eps ramp  ``eps_delay`` D and ``eps_warmup`` E: the budget is 0 (clean training) until t = D, then
+              eps * min(1, (t - D) / E) (PART's eps and eps_low alike, so their ratio is kept; the attack's
+              step size stays), as fast adversarial training ramps its budget. A network at initialisation
+              that is attacked from the first step (even with a small budget) collapses to the uniform
+              prediction for epochs: the clean start is what lets a short run learn at once
 
 ``Schedule.per_batch`` says whether the learning rate is set batch by batch (a warm-up or one-cycle);
 without it the step schedule is the MultiStepLR of the paper's recipe, exactly as before.
@@ -35,6 +38,7 @@ class Schedule:
     gamma: float = 0.1
     lr_warmup: float = 0.0  # epochs of linear warm-up from 0 (step schedule)
     eps_warmup: float = 0.0  # epochs of the linear budget ramp from 0
+    eps_delay: float = 0.0  # epochs of clean training (budget 0) before the ramp
 
     @property
     def per_batch(self) -> bool:
@@ -52,7 +56,9 @@ class Schedule:
 
     def eps_scale(self, t: float) -> float:
         """The fraction of the budget in use at time t: 1 after the ramp (or without one)."""
-        return min(1.0, t / self.eps_warmup) if self.eps_warmup > 0 else 1.0
+        if t < self.eps_delay:
+            return 0.0
+        return min(1.0, (t - self.eps_delay) / self.eps_warmup) if self.eps_warmup > 0 else 1.0
 
 
 def scaled_budget(eps: Eps, scale: float) -> Eps:

@@ -53,7 +53,7 @@ def test_the_budget_ramps_batch_by_batch_with_parts_ratio_kept(data_dir, tmp_pat
 
     monkeypatch.setattr(generators, "pgd", recording)
     assert main(["train", *TRAIN, "--method", "part", "--burn-in", "0", "--mask-freq", "1", "--eps-warmup", "2",
-                 "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]) == 0
+                 "--eps-delay", "0", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]) == 0
     assert len(seen) == 3 * 4 and all(isinstance(e, EpsLevels) for e in seen)
     highs = [e.high for e in seen]
     assert highs[0] == 0 and highs[:8] == sorted(highs[:8]) and highs[4] == pytest.approx(8 / 255 * 4 / 8)
@@ -75,3 +75,23 @@ def test_an_interrupted_run_with_per_batch_schedules_resumes_identically(data_di
     assert all(torch.equal(straight[k], cut[k]) for k in straight)
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([0, 0.1 * 1 / 1.2, 0.1 * 1 / 1.8])  # one-cycle: t / 1.2 up to 1.2, then down
+
+
+def test_a_clean_start_then_the_ramp():
+    s = Schedule(lr=0.1, epochs=10, eps_delay=1, eps_warmup=2)
+    assert [s.eps_scale(t) for t in (0, 0.99, 1, 2, 3, 9)] == [0, 0, 0, 0.5, 1, 1]
+
+
+def test_the_shapes_demo_defaults_to_a_short_schedule_that_learns_and_the_papers_datasets_do_not():
+    from fastpart.config import TrainConfig
+    from fastpart.resolve import paper_defaults, resolve
+
+    demo = resolve(TrainConfig(dataset="shapes", device="cpu"), paper_defaults({"dataset": "shapes"}))
+    assert (demo.lr_schedule, demo.eps_delay, demo.eps_warmup) == ("onecycle", 1.0, 2.0)  # 10 epochs
+    longer = resolve(TrainConfig(dataset="shapes", epochs=20, device="cpu"), paper_defaults({"dataset": "shapes"}))
+    assert (longer.eps_delay, longer.eps_warmup) == (2.0, 4.0)  # fractions of the run
+    paper = resolve(TrainConfig(dataset="cifar10", device="cpu"), paper_defaults({"dataset": "cifar10"}))
+    assert (paper.lr_schedule, paper.eps_delay, paper.eps_warmup, paper.lr_warmup) == ("step", 0.0, 0.0, 0.0)
+    mine = resolve(TrainConfig(dataset="shapes", lr_schedule="step", eps_delay=0, device="cpu"),
+                   paper_defaults({"dataset": "shapes"}))
+    assert (mine.lr_schedule, mine.eps_delay, mine.eps_warmup) == ("step", 0.0, 2.0)  # what is given is kept

@@ -50,6 +50,9 @@ class TrainDefaults:
     alpha: float  # PGD step, in [0, 1] pixel units
     augment: bool  # random crop (zero pad crop_padding) + horizontal flip
     crop_padding: int = 4
+    lr_schedule: str = "step"  # the paper's: lr / 10 at 75% of the epochs (fastpart.schedules)
+    eps_delay: float = 0.0  # fractions of the epochs: clean training first ...
+    eps_warmup: float = 0.0  # ... then the budget's linear ramp
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ DATASETS: dict[str, DatasetInfo] = {
             read=read_shapes,
             defaults=TrainDefaults(  # a CPU-sized demo, not a paper setting
                 model="resnet18_cifar_w8", epochs=10, batch_size=32, lr=0.02, weight_decay=2e-4, alpha=2 / 255,
-                augment=True,
+                augment=True, lr_schedule="onecycle", eps_delay=0.1, eps_warmup=0.2,  # leaves chance in epoch 2
             ),
             generated=True,
             num_classes=10,
