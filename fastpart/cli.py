@@ -5,16 +5,33 @@ Every verb imports its stage only when it runs, so ``fastpart --version`` and ``
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
+import os
+import signal
 import sys
-from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
 
-import fastpart
-from fastpart.config import GROUPS, budget_label, default_of, did_you_mean, options, parse_budget
-from fastpart.errors import FastpartError
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while this module's imports run (before main's handler can take it): one line, status 130."""
+    sys.stderr.write("fastpart: interrupted\n")
+    os._exit(130)
+
+
+_STARTING = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+try:
+    if _STARTING:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+except ValueError:  # imported outside the main thread, where no handler can be set
+    _STARTING = False
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, NoReturn, Sequence  # noqa: E402
+
+import fastpart  # noqa: E402
+from fastpart.config import GROUPS, budget_label, default_of, did_you_mean, options, parse_budget  # noqa: E402
+from fastpart.errors import FastpartError  # noqa: E402
 
 LATEST_RUN = "runs/latest"  # where `fastpart train` writes by default, and what eval and report read by default
 
@@ -168,13 +185,26 @@ def _read_settings(path: str) -> dict[str, Any]:
     return values
 
 
+def _recorded_settings(path: str) -> dict[str, Any]:
+    """The settings of a file (a run's config.json, --config FILE), each checked against its option: one line
+    naming the file and the setting when one is not what its option takes."""
+    from fastpart.atomic import check_record, schema_of
+    from fastpart.config import TrainConfig, from_mapping
+
+    try:
+        values = from_mapping(TrainConfig, _read_settings(path), path)
+    except FastpartError as exc:
+        raise FastpartError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
+    return check_record(values, schema_of(TrainConfig), path)
+
+
 def train_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
     """The TrainConfig of a command line, without importing torch, and the options the user set (flags and a
     --config file's non-default values): defaults < --from RUN / --resume's config.json < --config < flags.
     The dataset defaults to the only one converted; impossible settings are one line."""
     from dataclasses import replace
 
-    from fastpart.config import TrainConfig, check_train, default_dataset, default_of, from_mapping, options
+    from fastpart.config import TrainConfig, check_train, default_dataset, default_of, options
 
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     defaults = {f.name: default_of(f) for f in options(TrainConfig)}
@@ -185,11 +215,11 @@ def train_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
         if not path.is_file():
             raise FastpartError(f"--from {recorded}: no config.json there (give a run folder written by "
                                 f"`fastpart train`)")
-        values.update(from_mapping(TrainConfig, _read_settings(str(path)), str(path)))
+        values.update(_recorded_settings(str(path)))
         if args.from_run:
             values.pop("out", None)
             values.pop("resume", None)
-    file_values = from_mapping(TrainConfig, _read_settings(args.config), args.config) if args.config else {}
+    file_values = _recorded_settings(args.config) if args.config else {}
     values.update(file_values)
     values.update(flags)
     given = set(flags) | {k for k, v in file_values.items() if v != defaults.get(k)}
@@ -359,7 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: exit status 0; every failure one line on stderr and status 2; Ctrl-C one line and 130."""
     args = argparse.Namespace(verb=None)
     try:
         parser = build_parser()
@@ -369,12 +406,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return args.handler(args)
     except FastpartError as exc:
-        print(f"fastpart {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+        message = str(exc)
     except KeyboardInterrupt:
         print(f"fastpart{' ' + args.verb if args.verb else ''}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file fastpart reads or writes, where no stage said more
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{(exc.strerror or str(exc) or type(exc).__name__).lower()}{where}"
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        message = "out of memory: lower --batch-size (or --eval-n, --n), or free the memory other processes hold"
+    print(f"fastpart{' ' + args.verb if args.verb else ''}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
+
+if _STARTING:  # from here on main's handler takes Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 import fastpart
-from fastpart.atomic import hold, write_bytes_atomic, write_json_atomic
+from fastpart.atomic import hold, output_error, write_bytes_atomic, write_json_atomic
 from fastpart.config import EvalConfig
 from fastpart.data.datasets import file_checksum
 from fastpart.data.splitfiles import read_split, split_path
@@ -127,14 +127,20 @@ class Progress:
 
     @classmethod
     def open(cls, path: Path, fingerprint: dict[str, Any], restart: bool) -> "Progress":
+        """The saved progress of the same evaluation (same checkpoint bytes, same settings), checked before it is
+        trusted; anything else (other settings, a damaged or hand-edited file) is set aside: start afresh."""
         if path.is_file() and not restart:
             try:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError):
-                saved = {}
-            if saved.get("fingerprint") == fingerprint:
-                return cls(path, fingerprint, saved.get("done", {}))
-            tqdm.write(f"{path}: saved progress is for other settings or another checkpoint; starting afresh")
+                saved = None
+            done = saved.get("done") if isinstance(saved, dict) else None
+            if saved is None or not _valid_done(done):
+                tqdm.write(f"{path}: saved progress is unreadable or damaged; starting afresh")
+            elif saved.get("fingerprint") == fingerprint:
+                return cls(path, fingerprint, done)
+            else:
+                tqdm.write(f"{path}: saved progress is for other settings or another checkpoint; starting afresh")
         return cls(path, fingerprint)
 
     def get(self, key: str, batch: int) -> list[float] | None:
@@ -145,10 +151,25 @@ class Progress:
         write_json_atomic(self.path, {"fingerprint": self.fingerprint, "done": self.done})
 
 
+def _valid_done(done: Any) -> bool:
+    """eval-progress.json's finished batches: item -> batch -> [correct, count, seconds], numbers all."""
+    def numbers(row: Any) -> bool:
+        return isinstance(row, list) and len(row) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in row) and row[0] <= row[1]
+    return isinstance(done, dict) and all(
+        isinstance(batches, dict) and all(numbers(row) for row in batches.values()) for batches in done.values())
+
+
+def _loaded_sha256(run: LoadedRun) -> str:
+    """The hash of the bytes the run's weights were loaded from (never of the file as it is now: a training
+    beside may have replaced it since)."""
+    return run.sha256 if run.sha256 is not None else file_checksum(run.checkpoint, "sha256")
+
+
 def fingerprint(ctx: Context) -> dict[str, Any]:
     settings = {k: v for k, v in ctx.cfg.to_dict().items() if k not in ("attacks", "out", "restart", "device", "run")}
-    return {"checkpoint": file_checksum(ctx.run.checkpoint, "sha256"), "settings": json.loads(json.dumps(settings)),
-            "surrogate": file_checksum(ctx.surrogate.checkpoint, "sha256") if ctx.surrogate else None,
+    return {"checkpoint": _loaded_sha256(ctx.run), "settings": json.loads(json.dumps(settings)),
+            "surrogate": _loaded_sha256(ctx.surrogate) if ctx.surrogate else None,
             "fastpart": fastpart.__version__}
 
 
@@ -208,7 +229,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 def _evaluate(ctx: Context, evaluators: list[Evaluator], out: Path) -> dict[str, Any]:
     cfg, run, device = ctx.cfg, ctx.run, ctx.device
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, out / EVAL) or FastpartError(f"cannot write {out} ({exc})") from None
     progress = Progress.open(out / EVAL_PROGRESS, fingerprint(ctx), cfg.restart)
     cache: dict[str, Images] = {}
     results: dict[str, Any] = {}

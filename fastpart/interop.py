@@ -15,16 +15,16 @@ model expects normalised inputs (fastpart's models take [0, 1] images and normal
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastpart.atomic import atomic_path, write_json_atomic
+from fastpart.atomic import write_atomic, write_json_atomic
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
 from fastpart.data.splitfiles import dataset_manifest
+from fastpart.records import is_number, read_eval
 from fastpart.runfolder import EVAL, LoadedRun, build_model, load_run, read_checkpoint
 
 __all__ = ["export_robustbench", "load_weights", "parse_normalize", "plain_state_dict"]
@@ -74,7 +74,8 @@ def load_weights(path: str | Path, model: str, dataset: str, data_dir: str, devi
     if not path.is_file():
         raise FastpartError(f"no checkpoint file at {path}")
     manifest = dataset_manifest(data_dir, dataset)
-    state = plain_state_dict(read_checkpoint(path, required=()), path)
+    loaded: list[str] = []  # the sha256 of the bytes loaded
+    state = plain_state_dict(read_checkpoint(path, required=(), loaded=loaded), path)
     # RobustBench's WideResNet builds a copy of block1 it never runs (sub_block1) that many zoo files hold
     state = {k: v for k, v in state.items() if not k.startswith(UNUSED_PREFIXES)}
     stats = parse_normalize(normalize, manifest)
@@ -86,7 +87,7 @@ def load_weights(path: str | Path, model: str, dataset: str, data_dir: str, devi
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, model=model, method="external", out=str(path.parent),
                       precision="fp32")
     net = build_model(model, manifest["num_classes"], device, state, str(path), **kwargs)
-    return LoadedRun(net, cfg, path, path.parent, 0, manifest)
+    return LoadedRun(net, cfg, path, path.parent, 0, manifest, loaded[0])
 
 
 AA_RESULTS = {"aa": "AutoAttack standard", "aa-fast": "APGD-CE + APGD-T only, not standard AutoAttack"}
@@ -100,13 +101,12 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
         raise FastpartError(f"unknown AutoAttack result {aa!r}; choose from {', '.join(AA_RESULTS)}")
     loaded = load_run(run, "cpu", checkpoint=checkpoint, weights=weights)
     evaluation_path = loaded.run_dir / EVAL
-    try:
-        evaluation = json.loads(evaluation_path.read_text())
-    except (OSError, ValueError):
-        raise FastpartError(f"no readable {evaluation_path}: run `fastpart eval {loaded.run_dir}` first "
-                            f"(the model_info needs its clean and AutoAttack accuracy)") from None
-    results = evaluation.get("results", {})
-    if aa not in results or "natural" not in results:
+    if not evaluation_path.is_file():
+        raise FastpartError(f"no {evaluation_path}: run `fastpart eval {loaded.run_dir}` first "
+                            f"(the model_info needs its clean and AutoAttack accuracy)")
+    evaluation = read_eval(evaluation_path)
+    results = evaluation["results"]
+    if not all(is_number(results.get(k, {}).get("accuracy")) for k in (aa, "natural")):
         raise FastpartError(f"{evaluation_path} has no natural and {aa} ({AA_RESULTS[aa]}) results: "
                             f"run `fastpart eval {loaded.run_dir} --attacks natural,{aa}`")
     cfg: TrainConfig = loaded.config
@@ -115,8 +115,7 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
     weights_file = out / cfg.dataset / "Linf" / f"{name}.pt"
     info_file = out / "model_info" / cfg.dataset / "Linf" / f"{name}.json"
     state = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
-    with atomic_path(weights_file) as tmp:
-        torch.save({"state_dict": state}, tmp)
+    write_atomic(weights_file, lambda file: torch.save({"state_dict": state}, file))
     n = evaluation.get("n")
     info = {
         "link": "", "name": f"fastpart {cfg.method} ({cfg.model})", "authors": "", "additional_data": False,

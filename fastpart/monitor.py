@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from fastpart import distributed
-from fastpart.atomic import atomic_path
+from fastpart.atomic import write_atomic
 from fastpart.attacks.pgd import pgd
 from fastpart.attacks.robust import predict_labels, robust_correct
 from fastpart.errors import FastpartError
@@ -113,6 +113,5 @@ class BestCheckpoint:
         self.epoch, self.value = int(record["epoch"]), float(value)
         payload = {**weights, "epoch": self.epoch, "config": config, "selected_by": self.metric,
                    "value": self.value, "record": record}
-        with atomic_path(self.path) as tmp:
-            torch.save(payload, tmp)
+        write_atomic(self.path, lambda file: torch.save(payload, file))
         return True

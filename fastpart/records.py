@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastpart.atomic import Field, check_record, list_of, map_of
 from fastpart.errors import FastpartError
-from fastpart.runfolder import CONFIG, ENV, EVAL, METRICS, read_metrics
+from fastpart.runfolder import CHECKPOINT, CONFIG, CONFIG_SCHEMA, ENV, EVAL, METRICS, read_metrics
 
-__all__ = ["PAPER_COLUMNS", "RunRecords", "is_number", "paper_csv", "read_run"]
+__all__ = ["ENV_SCHEMA", "EVAL_SCHEMA", "PAPER_COLUMNS", "RunRecords", "is_number", "paper_csv", "read_eval", "read_run"]
 
 PAPER_COLUMNS = ("natural", "pgd20", "mma", "aa")  # the paper's Table 1 columns, as eval.json names them
 
@@ -54,29 +55,66 @@ class RunRecords:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FastpartError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise FastpartError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise FastpartError(f"{path} is not valid JSON ({exc})") from None
+
+
+def _results(results: dict[str, Any]) -> str | None:
+    for name, entry in results.items():
+        if not isinstance(entry, dict):
+            return f"holds {name!r} as {type(entry).__name__}, expected an object"
+        for key, types in (("accuracy", (int, float)), ("stderr", (int, float)), ("n", (int,)),
+                           ("seconds", (int, float)), ("label", (str,))):
+            value = entry.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+                return f"holds {name!r} with a {key} that is {type(value).__name__}, not a {types[0].__name__}"
+    return None
+
+
+# What `fastpart train` writes as env.json and `fastpart eval` as eval.json (fields added later are optional).
+ENV_SCHEMA = {"versions": Field((dict,), False, map_of(str, type(None))), "device": Field((str,)),
+              "device_name": Field((str,)), "cpu_count": Field((int, type(None))), "world_size": Field((int,))}
+EVAL_SCHEMA = {
+    "results": Field((dict,), True, _results), "n": Field((int,)), "epoch": Field((int,)), "seed": Field((int,)),
+    "eps": Field((float,)), "alpha": Field((float,)), "precision": Field((str,)), "device": Field((str,)),
+    "run": Field((str,)), "checkpoint": Field((str,)), "weights": Field((str,)), "created": Field((str,)),
+    "dataset": Field((str,)), "model": Field((str,)), "method": Field((str,)), "fastpart": Field((str,)),
+}
+RECORDED_SCHEMA = {**CONFIG_SCHEMA, "val_rows": Field((list,), False, list_of(int))}  # config.json
+
+
+def read_eval(path: Path) -> dict[str, Any]:
+    """An eval.json, checked against ``EVAL_SCHEMA``: one line naming the file and the field when it does not fit."""
+    return check_record(_read_json(path), EVAL_SCHEMA, str(path))
 
 
 def read_run(run: str | Path) -> RunRecords:
-    """Read config.json, env.json, metrics.jsonl and eval.json (each optional) of a run folder.
+    """Read config.json, env.json, metrics.jsonl and eval.json (each optional) of a run folder, each checked
+    against its schema (one line naming the file and the field that does not fit).
 
-    A folder with neither config.json nor metrics.jsonl is not a run: ``FastpartError``. Unreadable
-    metric lines (a run killed mid-write) are skipped and counted.
+    A folder with neither config.json nor metrics.jsonl is not a run: ``FastpartError``; nor is one whose run
+    never finished an epoch (no metrics and no checkpoint: refused or stopped while starting). Unreadable metric
+    lines (a run killed mid-write, a damaged line) are skipped and counted.
     """
     path = Path(run)
     if not path.is_dir():
         raise FastpartError(f"no run folder at {path}")
     if not (path / CONFIG).is_file() and not (path / METRICS).is_file():
         raise FastpartError(f"{path} is not a run folder written by `fastpart train` (no {CONFIG} or {METRICS})")
-    config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
-    env = _read_json(path / ENV) if (path / ENV).is_file() else {}
-    metrics, skipped = read_metrics(path / METRICS)
-    evaluation = _read_json(path / EVAL) if (path / EVAL).is_file() else None
-    if evaluation is not None and not isinstance(evaluation, dict):
-        raise FastpartError(f"{path / EVAL} is not a JSON object")
-    return RunRecords(path, config if isinstance(config, dict) else {}, env if isinstance(env, dict) else {},
-                      metrics, evaluation, skipped)
+    if not (path / METRICS).is_file() and not (path / CHECKPOINT).is_file():
+        raise FastpartError(f"{path} holds no finished epoch (no {METRICS}, no {CHECKPOINT}): its run was refused or "
+                            f"stopped before it trained")
+    config = check_record(_read_json(path / CONFIG), RECORDED_SCHEMA, str(path / CONFIG)) \
+        if (path / CONFIG).is_file() else {}
+    env = check_record(_read_json(path / ENV), ENV_SCHEMA, str(path / ENV)) if (path / ENV).is_file() else {}
+    try:
+        metrics, skipped = read_metrics(path / METRICS)
+    except OSError as exc:
+        raise FastpartError(f"cannot read {path / METRICS} ({exc.strerror or exc})") from None
+    evaluation = read_eval(path / EVAL) if (path / EVAL).is_file() else None
+    return RunRecords(path, config, env, metrics, evaluation, skipped)
 
 
 def is_number(value: Any) -> bool:

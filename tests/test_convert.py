@@ -221,10 +221,14 @@ def test_download_failure_is_one_line(tmp_path, capsys):
 
 @pytest.mark.requires_ffcv  # the default output format is .beton
 def test_a_crash_mid_conversion_leaves_nothing_that_looks_finished(tmp_path, monkeypatch, capsys):
+    """A --force conversion killed half-way leaves the conversion it was replacing exactly as it was (the new one
+    is written beside it and swapped in only when complete) and nothing half-written."""
     make_cifar10_python(tmp_path / "src", n_train=25, n_test=10)
     source = tmp_path / "src" / "cifar-10-python.tar.gz"
     out = tmp_path / "data"
     assert run("cifar10", "--source", source, "--out", out) == 0
+    folder = out / "cifar10"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     real_write = convert_module.write_beton
 
     def crash_on_test(path, split, **kw):
@@ -234,13 +238,12 @@ def test_a_crash_mid_conversion_leaves_nothing_that_looks_finished(tmp_path, mon
 
     monkeypatch.setattr(convert_module, "write_beton", crash_on_test)
     assert run("cifar10", "--source", source, "--out", out, "--force") == 130
-    folder = out / "cifar10"
-    assert not (folder / "manifest.json").exists()
-    assert not list(folder.glob(".*.tmp"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert not list(folder.glob(".*.tmp")) and not (out / ".cifar10.partial").exists()
     monkeypatch.setattr(convert_module, "write_beton", real_write)
     capsys.readouterr()
     assert run("cifar10", "--source", source, "--out", out) == 0
-    assert "converted" in capsys.readouterr().out
+    assert "up to date" in capsys.readouterr().out  # the kept conversion is current
 
 
 def test_a_fresh_output_folder_is_removed_when_writing_fails(tmp_path, monkeypatch):

@@ -199,3 +199,37 @@ def test_nothing_dropped_says_nothing(tmp_path, capsys):
                  "--format", "npz"]) == 0
     assert "; dropped" not in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "imagefolder" / "manifest.json").read_text())["dropped"] == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Images waiting on the disk (a conversion's spool) read back exactly as held in memory
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "cifar10-tree", "tinyimagenet", "cifar10c"])
+def test_images_spooled_on_the_disk_are_the_images_decoded(tmp_path, dataset):
+    from formats import assert_same_result, make_cifar10c, make_image_folder, make_tinyimagenet_zip
+
+    from fastpart.data.imageops import spooling
+    from fastpart.data.readers import read_cifar10c, read_tinyimagenet
+
+    if dataset == "imagefolder":
+        source, expected = make_image_folder(tmp_path / "src", ["a", "b"], {"train": 3, "test": 2}, size=12)
+        read = read_imagefolder
+    elif dataset == "cifar10-tree":
+        source, expected = make_image_folder(tmp_path / "src", CIFAR10_CLASS_NAMES, {"train": 1, "test": 1},
+                                             archive="tar.gz")
+        read = read_cifar10
+    elif dataset == "tinyimagenet":
+        source, expected = make_tinyimagenet_zip(tmp_path / "src")
+        read = read_tinyimagenet
+    else:
+        expected, source, read = make_cifar10c(tmp_path / "src"), tmp_path / "src", read_cifar10c
+    with spooling(tmp_path / "spool"):
+        spooled = read(source, NO_OPTIONS)
+    in_memory = read(source, NO_OPTIONS)  # without a spool, as before
+    assert_same_result(spooled, in_memory)
+    assert all(isinstance(split.images, np.memmap) for split in spooled.splits.values())  # not held in memory
+    assert {k: v.labels.tolist() for k, v in in_memory.splits.items()} == \
+        {k: v.labels.tolist() for k, v in expected.splits.items()}
+    assert all(np.array_equal(in_memory.splits[k].images, v.images) for k, v in expected.splits.items())

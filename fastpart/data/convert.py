@@ -3,9 +3,12 @@
 Layout written: ``<out>/<name>/<split>.beton`` (fields ``image`` raw uint8 RGB = lossless, ``label``,
 ``index`` and any extras such as ``mask`` or ``severity``) and ``<out>/<name>/manifest.json``.
 
-Reading and validation happen before anything is written, so bad input leaves no output. Every file
-is written atomically and the manifest last: a manifest whose checksums match the files on disk is
-the proof that a conversion finished, which makes conversion idempotent and crash-safe.
+A conversion is written into a folder beside its destination (``.<name>.partial``), the manifest last,
+and swapped in only when complete, so whatever stops it (bad input, a full disk, Ctrl-C, a kill) the
+previous conversion stays whole and nothing half-written is left: a manifest whose checksums match the
+files beside it is the proof that a conversion finished, which makes conversion idempotent and
+crash-safe. Decoded images wait on the disk in that folder (``imageops.spooling``), not in memory, and
+statistics are taken a bounded block at a time: memory does not grow with the number or size of images.
 
 ``cifar10c`` can also be generated (``--generate-from cifar10``) from a converted CIFAR-10 test
 split by ``fastpart.data.corruptions``; its manifest then says ``"generated": true, "official": false``.
@@ -26,10 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 import fastpart
-from fastpart.atomic import atomic_path, hold, remove_stale_temporaries, write_json_atomic
+from fastpart.atomic import atomic_folder, atomic_path, hold, recover_folder, write_json_atomic
 from fastpart.config import ConvertConfig
 from fastpart.data.corruptions import CORRUPTIONS, generate_cifar10c
 from fastpart.data.datasets import DatasetInfo, ReadResult, SourceFile, SplitData, file_checksum, get_dataset
+from fastpart.data.imageops import spooling
 from fastpart.errors import DatasetError, FastpartError
 from fastpart.data.splitfiles import MANIFEST, load_manifest, read_split, write_beton, write_npz
 
@@ -142,14 +146,21 @@ def is_official(info: DatasetInfo, source: Path | None) -> bool | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 NHWC images, in [0, 1] units."""
+STATS_PIXELS = 1 << 18  # pixels per block of channel_stats: 6 MiB of float64 whatever the images' size
+
+
+def channel_stats(images: np.ndarray, pixels: int = STATS_PIXELS) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 NHWC images, in [0, 1] units, a bounded block of pixels at a time."""
     total = np.zeros(3)
     total_sq = np.zeros(3)
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+    flat = images.reshape(-1, 3) if images.flags.c_contiguous else None  # a view, in memory or mapped from the disk
+    rows = max(1, pixels // max(1, images.shape[1] * images.shape[2]))  # else whole images, about as many pixels
+    blocks = ((flat[i : i + pixels] for i in range(0, len(flat), pixels)) if flat is not None
+              else (images[i : i + rows].reshape(-1, 3) for i in range(0, len(images), rows)))
+    for part in blocks:
+        block = part.astype(np.float64) / 255.0
         total += block.sum(0)
-        total_sq += (block * block).sum(0)
+        total_sq += np.einsum("ij,ij->j", block, block)
     count = images.shape[0] * images.shape[1] * images.shape[2]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
@@ -299,19 +310,15 @@ def generation_source(info: DatasetInfo, cfg: ConvertConfig) -> GenerationSource
 
 
 @contextlib.contextmanager
-def rewriting(out_dir: Path) -> Iterator[None]:
-    """Ready ``out_dir`` for new files (stale temporaries and the old manifest, which no longer describes
-    the files, removed); if the block fails, a folder that this call created is removed again."""
-    created_dir = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        yield
-    except BaseException:
-        if created_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+def rewriting(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out_dir`` for a new conversion, swapped in whole when the block succeeds
+    (``atomic_folder``); decoded images wait on the disk inside it (``spooling``) and are removed before the swap."""
+    with atomic_folder(out_dir) as staging:
+        try:
+            with spooling(staging / ".spool"):
+                yield staging
+        finally:
+            shutil.rmtree(staging / ".spool", ignore_errors=True)
 
 
 def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConfig) -> ConvertResult:
@@ -339,12 +346,12 @@ def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertC
     class_names = list(source.manifest["class_names"])
     validate(ReadResult(splits={"source": SplitData(images, labels)}, class_names=class_names))
 
-    with rewriting(out_dir):
+    with rewriting(out_dir) as staging:
         entries: dict[str, Any] = {}
         first: tuple[str, SplitData, Path] | None = None
         for corruption in tqdm(CORRUPTIONS, desc=f"generating {name}", unit="corruption", disable=None):
             split = generate_cifar10c(images, labels, seed, names=[corruption])[corruption]
-            file = out_dir / f"{corruption}{SUFFIX[cfg.format]}"
+            file = staging / f"{corruption}{SUFFIX[cfg.format]}"
             (write_beton if cfg.format == "beton" else write_npz)(file, split)
             entries[corruption] = split_manifest(split, file, len(class_names))
             first = first or (corruption, split, file)
@@ -360,7 +367,7 @@ def convert_generated(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertC
             seed=seed,
             approximated=[c.name for c in CORRUPTIONS.values() if c.approximated],
         )
-        write_json_atomic(out_dir / MANIFEST, manifest)
+        write_json_atomic(staging / MANIFEST, manifest)
     return ConvertResult(out_dir, manifest, reused=False)
 
 
@@ -382,6 +389,7 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
     name = cfg.name or info.name
     out_dir = Path(cfg.out) / name
     with hold(Path(cfg.out) / f".{name}.lock", f"the output folder {out_dir}"):
+        recover_folder(out_dir)  # what a killed conversion left: the previous conversion whole again
         if cfg.generate_from is not None:
             return convert_generated(info, name, out_dir, cfg)
         return convert_source(info, name, out_dir, cfg)
@@ -395,16 +403,15 @@ def convert_source(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConf
         if is_current(manifest, out_dir, source, cfg):
             return ConvertResult(out_dir, manifest, reused=True)
 
-    data = info.read(source, cfg.generator_options())
-    validate(data)
-
-    with rewriting(out_dir):
+    with rewriting(out_dir) as staging:  # decoded images wait on the disk there, not in memory (imageops.spooling)
+        data = info.read(source, cfg.generator_options())
+        validate(data)
         files = {}
         for split_name, split in data.splits.items():
-            files[split_name] = out_dir / f"{split_name}{SUFFIX[cfg.format]}"
+            files[split_name] = staging / f"{split_name}{SUFFIX[cfg.format]}"
             (write_beton if cfg.format == "beton" else write_npz)(files[split_name], split)
         manifest = build_manifest(info, name, data, files, source, cfg)
-        write_json_atomic(out_dir / MANIFEST, manifest)
+        write_json_atomic(staging / MANIFEST, manifest)
     return ConvertResult(out_dir, manifest, reused=False)
 
 

@@ -2,7 +2,8 @@
 Gaussian and box filters, correlation, grayscale, centre zoom, ImageMagick's motion blur, plasma fractals,
 RGB<->HSV, border modes, bilinear sampling and affine warps, OpenCV's Canny edges, chamfer distance
 transform and histogram equalisation re-implemented, a defocus disk kernel, frost-like textures, and
-Pillow's BOX resampling and JPEG round trip applied to a batch.
+Pillow's BOX resampling and JPEG round trip applied to a batch; and ``ImageStore``, where a reader's decoded
+images wait until their order is known (on the disk under ``spooling``: memory holds one image at a time).
 
 They reproduce the library calls of the published CIFAR-10-C code (scikit-image, scipy, OpenCV,
 ImageMagick) closely enough for ``fastpart.data.corruptions`` to follow its definitions without
@@ -13,11 +14,18 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+
+from fastpart.atomic import disk_full_error
+from fastpart.errors import DatasetError
 
 
 def unit(images: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -170,7 +178,6 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return np.take_along_axis(candidates, sources, axis=-1)
 
 
-
 def reflect101(index: np.ndarray, size: int) -> np.ndarray:
     """OpenCV's BORDER_REFLECT_101 (scipy 'mirror'): ... 2 1 | 0 1 2 ... n-1 | n-2 ..."""
     period = 2 * size - 2
@@ -212,7 +219,6 @@ def warp_affine(x: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     src_x = a[:, 0, 0] * cols + a[:, 0, 1] * rows + a[:, 0, 2]
     src_y = a[:, 1, 0] * cols + a[:, 1, 1] * rows + a[:, 1, 2]
     return bilinear(x, src_y, src_x, reflect101)
-
 
 
 _SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float64)
@@ -373,3 +379,71 @@ def jpeg_round_trip(images: np.ndarray, quality: int) -> np.ndarray:
         with Image.open(buffer) as decoded:
             out[i] = np.asarray(decoded.convert("RGB"))
     return out
+
+
+# Decoded images kept until a reader knows their order: in memory, or under ``spooling`` on the disk
+
+_SPOOL: ContextVar[Path | None] = ContextVar("spool", default=None)
+
+
+@contextmanager
+def spooling(folder: Path) -> Iterator[None]:
+    """Within the block, what readers decode waits in files under ``folder`` (``ImageStore``), so memory holds
+    one image at a time, whatever the number and size of the images; arrays come back mapped from the disk."""
+    token = _SPOOL.set(Path(folder))
+    try:
+        yield
+    finally:
+        _SPOOL.reset(token)
+
+
+class ImageStore:
+    """Decoded images of one source, added one at a time and gathered in the order a reader settles on."""
+
+    def __init__(self) -> None:
+        self.folder, self.shapes, self._files, self._size = _SPOOL.get(), [], 0, 0
+        self._kept: list[Any] = []  # the images themselves, or (spooling) their offsets in the spool file
+
+    def _new_file(self, array: np.ndarray | None = None) -> Path:
+        self._files += 1
+        path = self.folder / f"{id(self)}-{self._files}.bin"
+        if array is not None:
+            self._write(path, array)
+        return path
+
+    def _write(self, path: Path, array: np.ndarray) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as file:
+                file.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        except OSError as error:  # never taken for a damaged archive: a full disk is one line naming it
+            raise disk_full_error(error, path) or DatasetError(f"cannot write {path} ({error})") from None
+
+    def add(self, pixels: np.ndarray) -> int:
+        """Keep one image (uint8 (H, W, 3)); returns its row for ``stack``."""
+        self.shapes.append(pixels.shape)
+        if self.folder is not None:
+            self._spool = self._spool if self._kept else self._new_file()
+            self._write(self._spool, pixels)
+            self._kept.append(self._size)
+            self._size += pixels.nbytes
+        else:
+            self._kept.append(pixels)
+        return len(self.shapes) - 1
+
+    def stack(self, rows: list[int]) -> np.ndarray:
+        """uint8 (N, H, W, 3): the images ``rows`` in that order (all the same shape; mapped from the disk)."""
+        if self.folder is None:
+            return np.stack([self._kept[i] for i in rows])
+        path = self._new_file()
+        with open(self._spool, "rb") as spool:
+            for i in rows:
+                size = int(np.prod(self.shapes[i]))
+                self._write(path, np.frombuffer(os.pread(spool.fileno(), size, self._kept[i]), np.uint8))
+        return np.memmap(path, np.uint8, "r", shape=(len(rows), *self.shapes[rows[0]]))
+
+    def keep(self, array: np.ndarray) -> np.ndarray:
+        """``array``, or (spooling) a read-only copy of it mapped from the disk."""
+        if self.folder is None or array.size == 0:
+            return array
+        return np.memmap(self._new_file(array), array.dtype, "r", shape=array.shape)

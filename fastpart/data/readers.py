@@ -51,9 +51,15 @@ _SEVERITIES = 5
 @dataclass(frozen=True)
 class _TreeImage:
     parts: tuple[str, ...]  # path parts inside the source
-    pixels: np.ndarray
+    row: int  # in the source's ImageStore
+    size: tuple[int, int]  # height, width
     where: str
     alpha_dropped: bool = False
+
+
+def _store():  # imported on use: the readers load without the image operations (scipy)
+    from fastpart.data.imageops import ImageStore
+    return ImageStore()
 
 
 def _tree_layout(images: list[_TreeImage]) -> tuple[int, list[tuple[str, str, str, _TreeImage]]]:
@@ -76,10 +82,10 @@ def _tree_layout(images: list[_TreeImage]) -> tuple[int, list[tuple[str, str, st
 
 def _check_same_size(layout: list[tuple[str, str, str, _TreeImage]]) -> None:
     first = layout[0][3]
-    height, width = first.pixels.shape[:2]
+    height, width = first.size
     for *_, image in layout:
-        if image.pixels.shape[:2] != (height, width):
-            h, w = image.pixels.shape[:2]
+        if image.size != (height, width):
+            h, w = image.size
             raise DatasetError(f"{image.where}: image is {w}x{h}, expected {width}x{height} like {first.where}")
 
 
@@ -98,7 +104,7 @@ def _dropped(images: list[_TreeImage], folders: list[tuple[str, ...]], skip: int
     return dropped
 
 
-def _tree_result(images: list[_TreeImage], source: Path, folders: list[tuple[str, ...]]) -> ReadResult:
+def _tree_result(images: list[_TreeImage], source: Path, folders: list[tuple[str, ...]], store) -> ReadResult:
     """Splits = top folders (sorted), classes = sorted union of class folders, files sorted by name within a class."""
     if not images:
         raise DatasetError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
@@ -108,21 +114,17 @@ def _tree_result(images: list[_TreeImage], source: Path, folders: list[tuple[str
     label_of = {name: label for label, name in enumerate(class_names)}
     splits = {}
     for split in sorted({split for split, *_ in layout}):
-        rows = sorted(
-            ((label_of[class_name], file, image) for name, class_name, file, image in layout if name == split),
-            key=lambda row: row[:2],
-        )
-        splits[split] = SplitData(
-            images=np.stack([image.pixels for _, _, image in rows]),
-            labels=np.array([label for label, _, _ in rows], dtype=np.int64),
-        )
+        rows = sorted(((label_of[class_name], file, image) for name, class_name, file, image in layout if name == split),
+                      key=lambda row: row[:2])
+        splits[split] = SplitData(images=store.stack([image.row for _, _, image in rows]),
+                                  labels=np.array([label for label, _, _ in rows], dtype=np.int64))
     return ReadResult(splits=splits, class_names=class_names, dropped=_dropped(images, folders, skip))
 
 
-def _read_tree_image(parts: tuple[str, ...], read: ReadBytes, source: Path, limit: ImageLimit) -> _TreeImage:
+def _read_tree_image(parts: tuple[str, ...], read: ReadBytes, source: Path, limit: ImageLimit, store) -> _TreeImage:
     where = location(source, parts)
     pixels, alpha_dropped = read_image(read, where, limit)
-    return _TreeImage(parts=parts, pixels=pixels, where=where, alpha_dropped=alpha_dropped)
+    return _TreeImage(parts, store.add(pixels), pixels.shape[:2], where, alpha_dropped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,13 +172,11 @@ def _cifar_python_result(files: dict[str, tuple[str, bytes]], source: Path) -> R
     return ReadResult(splits=splits, class_names=class_names)
 
 
-def _cifar_tree_result(images: list[_TreeImage], source: Path, folders: list[tuple[str, ...]]) -> ReadResult:
-    result = _tree_result(images, source, folders)
+def _cifar_tree_result(images: list[_TreeImage], source: Path, folders: list[tuple[str, ...]], store) -> ReadResult:
+    result = _tree_result(images, source, folders, store)
     if tuple(result.class_names) != CIFAR10_CLASS_NAMES:
-        raise DatasetError(
-            f"{source}: class folders {', '.join(result.class_names)} are not the 10 CIFAR-10 classes "
-            f"{', '.join(CIFAR10_CLASS_NAMES)}"
-        )
+        raise DatasetError(f"{source}: class folders {', '.join(result.class_names)} are not the 10 CIFAR-10 classes "
+                           f"{', '.join(CIFAR10_CLASS_NAMES)}")
     if set(result.splits) != {"train", "test"}:
         raise DatasetError(f"{source}: expected split folders train and test, found {', '.join(result.splits)}")
     size = result.splits["train"].images.shape[1:3]
@@ -192,6 +192,7 @@ def read_cifar10(source: Path | None, options: Mapping[str, Any]) -> ReadResult:
     batches: dict[str, tuple[str, bytes]] = {}
     images: list[_TreeImage] = []
     folders: list[tuple[str, ...]] = []
+    store = _store()
     with reading(source):
         for parts, read in iter_source_files(source, folders):
             if parts[-1] in _CIFAR_PYTHON_FILES:
@@ -199,11 +200,11 @@ def read_cifar10(source: Path | None, options: Mapping[str, Any]) -> ReadResult:
                     raise DatasetError(f"{source}: two copies of {parts[-1]}: {batches[parts[-1]][0]} and {'/'.join(parts)}")
                 batches[parts[-1]] = (location(source, parts), read(METADATA_BYTES, "a CIFAR-10 batch file"))
             elif is_image(parts) and not batches:
-                images.append(_read_tree_image(parts, read, source, _CIFAR_IMAGE))
+                images.append(_read_tree_image(parts, read, source, _CIFAR_IMAGE, store))
     if batches:
         return _cifar_python_result(batches, source)
     if images:
-        return _cifar_tree_result(images, source, folders)
+        return _cifar_tree_result(images, source, folders, store)
     raise DatasetError(f"{source}: found neither cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta) "
                        "nor train/<class>/<image> and test/<class>/<image> files")
 
@@ -255,9 +256,10 @@ def read_svhn(source: Path | None, options: Mapping[str, Any]) -> ReadResult:
 @dataclass
 class _TinyFiles:
     texts: dict[str, tuple[tuple[str, ...], bytes]] = field(default_factory=dict)  # file name -> (parts, bytes)
-    train: list[tuple[tuple[str, ...], str, str, np.ndarray]] = field(default_factory=list)  # (root, wnid, file, pixels)
-    val: dict[tuple[tuple[str, ...], str], np.ndarray] = field(default_factory=dict)  # (root, file) -> pixels
+    train: list[tuple[tuple[str, ...], str, str, int]] = field(default_factory=list)  # (root, wnid, file, store row)
+    val: dict[tuple[tuple[str, ...], str], int] = field(default_factory=dict)  # (root, file) -> store row
     alpha_dropped: int = 0  # images with transparent pixels
+    store: Any = field(default_factory=_store)  # the decoded pixels
 
 
 _TINY_TEXT_FILES = ("wnids.txt", "words.txt", "val_annotations.txt")
@@ -273,11 +275,11 @@ def _collect_tiny_file(files: _TinyFiles, parts: tuple[str, ...], read: ReadByte
         return
     elif len(parts) >= 4 and parts[-2] == "images" and parts[-4] == "train":
         decoded = read_image(read, location(source, parts), _TINY_IMAGE)
-        files.train.append((parts[:-4], parts[-3], name, decoded.pixels))
+        files.train.append((parts[:-4], parts[-3], name, files.store.add(decoded.pixels)))
         files.alpha_dropped += decoded.alpha_dropped
     elif len(parts) >= 3 and parts[-3:-1] == ("val", "images"):
         decoded = read_image(read, location(source, parts), _TINY_IMAGE)
-        files.val[(parts[:-3], name)] = decoded.pixels
+        files.val[(parts[:-3], name)] = files.store.add(decoded.pixels)
         files.alpha_dropped += decoded.alpha_dropped
 
 
@@ -299,27 +301,27 @@ def _tiny_class_names(wnids: list[str], files: _TinyFiles, source: Path) -> list
     return [words.get(wnid) or wnid for wnid in wnids]
 
 
-def _check_tiny_size(pixels: np.ndarray, where: str) -> None:
-    if pixels.shape[:2] != (_TINY_SIZE, _TINY_SIZE):
-        h, w = pixels.shape[:2]
+def _check_tiny_size(shape: tuple[int, ...], where: str) -> None:
+    if shape[:2] != (_TINY_SIZE, _TINY_SIZE):
+        h, w = shape[:2]
         raise DatasetError(f"{where}: image is {w}x{h}, expected {_TINY_SIZE}x{_TINY_SIZE}")
 
 
 def _tiny_train(files: _TinyFiles, root: tuple[str, ...], label_of: dict[str, int], source: Path) -> SplitData:
     rows = []
-    for image_root, wnid, name, pixels in files.train:
+    for image_root, wnid, name, row in files.train:
         if image_root != root:
             continue
         where = location(source, (*root, "train", wnid, "images", name))
         if wnid not in label_of:
             raise DatasetError(f"{where}: class {wnid} is not in wnids.txt")
-        _check_tiny_size(pixels, where)
-        rows.append((label_of[wnid], name, pixels))
+        _check_tiny_size(files.store.shapes[row], where)
+        rows.append((label_of[wnid], name, row))
     rows.sort(key=lambda row: row[:2])
     empty = sorted(set(label_of) - {wnid for image_root, wnid, _, _ in files.train if image_root == root})
     if empty:
         raise DatasetError(f"{location(source, (*root, 'train'))}: no images for class {empty[0]}")
-    return SplitData(np.stack([p for _, _, p in rows]), np.array([label for label, _, _ in rows], dtype=np.int64))
+    return SplitData(files.store.stack([r for _, _, r in rows]), np.array([label for label, _, _ in rows], dtype=np.int64))
 
 
 def _tiny_val(files: _TinyFiles, root: tuple[str, ...], label_of: dict[str, int], source: Path) -> SplitData:
@@ -327,7 +329,7 @@ def _tiny_val(files: _TinyFiles, root: tuple[str, ...], label_of: dict[str, int]
         raise DatasetError(f"{source}: missing val/val_annotations.txt")
     parts, data = files.texts["val_annotations.txt"]
     annotations_where = location(source, parts)
-    images = {name: pixels for (image_root, name), pixels in files.val.items() if image_root == root}
+    images = {name: row for (image_root, name), row in files.val.items() if image_root == root}
     pixels_list, labels = [], []
     for line in _decode_text(parts, data, source):
         fields = line.split("\t")
@@ -339,14 +341,14 @@ def _tiny_val(files: _TinyFiles, root: tuple[str, ...], label_of: dict[str, int]
         if name not in images:
             raise DatasetError(f"{annotations_where}: annotated image val/images/{name} is missing")
         where = location(source, (*root, "val", "images", name))
-        _check_tiny_size(images[name], where)
+        _check_tiny_size(files.store.shapes[images[name]], where)
         pixels_list.append(images.pop(name))
         labels.append(label_of[wnid])
     if images:
         raise DatasetError(f"{location(source, (*root, 'val', 'images', sorted(images)[0]))}: not in val_annotations.txt")
     if not labels:
         raise DatasetError(f"{annotations_where}: no validation images")
-    return SplitData(np.stack(pixels_list), np.array(labels, dtype=np.int64))
+    return SplitData(files.store.stack(pixels_list), np.array(labels, dtype=np.int64))
 
 
 def read_tinyimagenet(source: Path | None, options: Mapping[str, Any]) -> ReadResult:
@@ -398,6 +400,7 @@ def read_cifar10c(source: Path | None, options: Mapping[str, Any]) -> ReadResult
     """CIFAR-10-C: one split per <corruption>.npy (5 severities stacked), extras["severity"] in 1..5."""
     source = require_source(source, "cifar10c")
     arrays: dict[str, tuple[str, np.ndarray]] = {}
+    store = _store()  # each corruption's 150 MB waits on the disk while the others are read
     with reading(source):
         for parts, read in iter_source_files(source):
             if not parts[-1].endswith(".npy"):
@@ -407,7 +410,7 @@ def read_cifar10c(source: Path | None, options: Mapping[str, Any]) -> ReadResult
                 raise DatasetError(f"{where}: unknown corruption {name!r}; known: {', '.join(CIFAR10C_CORRUPTIONS)}")
             if name in arrays:
                 raise DatasetError(f"{where}: a second {parts[-1]} (first: {arrays[name][0]})")
-            arrays[name] = (where, load_npy(read(NPY_BYTES, "a CIFAR-10-C .npy file"), where))
+            arrays[name] = (where, store.keep(load_npy(read(NPY_BYTES, "a CIFAR-10-C .npy file"), where)))
     labels = _cifar10c_labels(arrays.pop("labels", (None, None))[1], source)
     if not arrays:
         raise DatasetError(f"{source}: no <corruption>.npy files found")
@@ -425,11 +428,12 @@ def read_imagefolder(source: Path | None, options: Mapping[str, Any]) -> ReadRes
     source = require_source(source, "imagefolder")
     images: list[_TreeImage] = []
     folders: list[tuple[str, ...]] = []
+    store = _store()
     with reading(source):
         for parts, read in iter_source_files(source, folders):
             if is_image(parts):
-                images.append(_read_tree_image(parts, read, source, ANY_IMAGE))
-    return _tree_result(images, source, folders)
+                images.append(_read_tree_image(parts, read, source, ANY_IMAGE, store))
+    return _tree_result(images, source, folders, store)
 
 
 _SHAPES_OPTIONS = ("n_train", "n_test", "seed", "size")

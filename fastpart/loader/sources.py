@@ -21,7 +21,7 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from fastpart.data.splitfiles import check_row_indices, ffcv_field_names, import_ffcv, read_split
+from fastpart.data.splitfiles import check_beton, check_row_indices, import_ffcv, read_split
 from fastpart.errors import FastpartError
 
 __all__ = ["BACKENDS", "FfcvSource", "MemorySource", "Source", "choose_backend", "make_source"]
@@ -120,7 +120,7 @@ class FfcvSource:
         def to_device(*decode):
             return [*decode, ToTensor(), ToDevice(self.device, non_blocking=True)]
 
-        pipelines = {name: None for name in ffcv_field_names(self.path)}  # only what we need is decoded
+        pipelines = {name: None for name in check_beton(self.path).handlers}  # only what we need is decoded
         pipelines.update(
             image=to_device(SimpleRGBImageDecoder()),
             label=to_device(IntDecoder()) + [Squeeze()],
@@ -169,7 +169,10 @@ def choose_backend(path: Path, backend: str, device: torch.device) -> str:
 
 def make_source(path: Path, backend: str, device: torch.device, batch_size: int, subset: np.ndarray | None,
                 num_workers: int, drop_last: bool) -> MemorySource | FfcvSource:
-    """The source ``backend`` (auto, memory, ffcv) means for ``path`` (see ``choose_backend``)."""
+    """The source ``backend`` (auto, memory, ffcv) means for ``path`` (see ``choose_backend``); the file is
+    checked first (``splitfiles``: truncated, damaged, or not what its manifest says: one line)."""
+    if path.suffix == ".beton":
+        check_beton(path)
     if choose_backend(path, backend, device) == "memory":
         return MemorySource(path, device, batch_size, subset, num_workers)
     return FfcvSource(path, device, batch_size, subset, num_workers, drop_last)
