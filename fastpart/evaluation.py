@@ -195,6 +195,21 @@ def measure(ctx: Context, item: Item, progress: Progress, cache: dict[str, Image
     return {"accuracy": correct / count if count else float("nan"), "n": int(count), "seconds": seconds}
 
 
+def autoattack_summary(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """AutoAttack's batches run in this call (a resumed evaluation's earlier batches are not among them): the
+    backends that ran, the points attacked, and per attack its seconds and the points still robust before and
+    after it."""
+    per_attack: dict[str, dict[str, float]] = {}
+    for info in batches:
+        for record in info["per_attack"]:
+            total = per_attack.setdefault(record["attack"], {"seconds": 0.0, "robust_before": 0, "robust_after": 0})
+            for key in total:
+                total[key] += record[key]
+    return {"backends": sorted({info["backend"] for info in batches}), "points": sum(info["n"] for info in batches),
+            "per_attack": [{"attack": name, **{k: round(v, 3) if k == "seconds" else int(v) for k, v in t.items()}}
+                           for name, t in per_attack.items()]}
+
+
 def evaluated_model(cfg: EvalConfig, device: torch.device) -> LoadedRun:
     """The model under evaluation: a run's (``--checkpoint last|best``, ``--weights live|ema``), or a plain
     state dict fastpart did not write (``--checkpoint FILE --model NAME --dataset D``)."""
@@ -237,6 +252,7 @@ def _evaluate(ctx: Context, evaluators: list[Evaluator], out: Path) -> dict[str,
     cache: dict[str, Images] = {}
     results: dict[str, Any] = {}
     for evaluator in evaluators:
+        ctx.notes.clear()
         measured = {item.key: measure(ctx, item, progress, cache) for item in evaluator.items(ctx)}
         total_n = next(iter(measured.values()))["n"] if measured else 0
         entry = {"label": evaluator.label, "n": total_n, "seconds": sum(m["seconds"] for m in measured.values())}
@@ -245,6 +261,8 @@ def _evaluate(ctx: Context, evaluators: list[Evaluator], out: Path) -> dict[str,
             entry.update(accuracy=accuracy, stderr=math.sqrt(accuracy * (1 - accuracy) / total_n) if total_n else None)
         else:
             entry.update(evaluator.summarise(ctx, measured))
+        if ctx.notes.get("autoattack"):
+            entry["autoattack"] = autoattack_summary(ctx.notes["autoattack"])
         results[evaluator.name] = entry
         tqdm.write(summary_line(evaluator.name, entry))
     record = {

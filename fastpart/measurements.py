@@ -106,7 +106,7 @@ def autoattack(attacks: list[str] | None) -> Attack:
         classes = ctx.run.manifest["num_classes"]
         x_adv, info = run_autoattack(ctx.model, x, y, ctx.cfg.eps, attacks=attacks, seed=seed,
                                      n_target_classes=min(9, classes - 1), autocast_dtype=ctx.autocast,
-                                     backend=ctx.cfg.aa_backend)
+                                     backend=ctx.cfg.aa_backend, progress=True)
         ctx.notes.setdefault("autoattack", []).append(info.to_dict())
         return x_adv.to(x.dtype), ctx.cfg.eps
 

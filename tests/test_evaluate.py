@@ -68,6 +68,15 @@ def test_attacks_reach_the_exact_robust_accuracy_of_a_linear_model(attack, class
     assert 0.1 < robust[clear].float().mean() < 0.9  # the case is not trivial
     assert torch.equal(found[clear], robust[clear])  # no point reported robust that is not, and none lost
     assert not found[~robust & clear].any()
+    if attack.startswith("aa"):  # what eval.json reports of AutoAttack: per attack, its time and the robust points
+        summary = ev.autoattack_summary(ctx.notes["autoattack"])
+        names = [r["attack"] for r in summary["per_attack"]]
+        assert names == (["apgd-ce", "apgd-t", "fab-t", "square"] if attack == "aa" else ["apgd-ce", "apgd-t"])
+        first, last = summary["per_attack"][0], summary["per_attack"][-1]
+        with torch.no_grad():
+            clean = int((ctx.model(x).argmax(1) == y).sum())  # only clean-correct points are attacked
+        assert summary["points"] == first["robust_before"] == clean
+        assert last["robust_after"] == int(found.sum()) and all(r["seconds"] >= 0 for r in summary["per_attack"])
 
 
 # ---------------------------------------------------------------------------------------------
