@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     common.RESULTS = args.results
     device = torch.device(args.device)
     batches = args.batches or (10 if device.type == "cuda" else 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -195,3 +196,10 @@ def test_run_all_passes_only_options_the_scripts_take(gpu, tmp_path):
             parser.parse_args([*args, "--no-such-option"])  # the check is not vacuous
         cmd = run_all.command(name, args, tmp_path)
         assert str(tmp_path) in cmd
+
+
+def test_baseline_refuses_a_count_below_one_with_its_usage_not_a_traceback():
+    result = subprocess.run([sys.executable, str(BENCH / "bench_baseline.py"), "--fastpart-epochs", "0"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--batches, --fastpart-epochs and --mask-freqs must be >= 1" in result.stderr
