@@ -36,6 +36,8 @@ BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes; "auto" picks one per device
 LOADERS = ("auto", "memory", "ffcv")
 LR_SCHEDULES = ("step", "onecycle")  # fastpart.schedules
+PGD_STARTS = ("uniform", "normal-unclipped", "uniform-unclipped", "normal", "none")  # fastpart.attacks.pgd
+NUMERICS = ("official", "released")  # --numerics: the authors' TRADES/MART code, or the released PART code's step
 DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
 
 
@@ -238,11 +240,22 @@ class TrainConfig:
                               choices=TARGETS, part=True)
     tau: float = option(1.0, "threshold on the standardised CAM", "part", "float", part=True)
     interpolation: str = option("bicubic", "CAM upsampling", "part", choices=INTERPOLATIONS, part=True)
+    numerics: str = option("official", "official: the paper's mask and lr schedule; released: the released PART "
+                           "code's step: jet mask (--mask-mode reference, torchcam 0.3.2), start under the mask "
+                           "(part: x + U(-eps, eps) per pixel, unclipped), lr / 10 from the 60th epoch after the "
+                           "burn-in, / 100 from the 90th (unless --milestones). Trades and mart start and update "
+                           "batch norm as their official code either way", "part", choices=NUMERICS, part=True)
     # attack
     eps: float = option(8 / 255, "L-inf budget (of the important pixels, with PART)", "attack", "budget")
     alpha: float | None = option(None, f"PGD step size (default: {PAPER}: 2/255, SVHN 1/255)", "attack", "budget",
                                  shown=False)
     steps: int = option(10, "attack steps (PGD; MMA: APGD iterations per target)", "attack", "int")
+    pgd_start: str | None = option(None, "PGD's start: uniform (clip(x + U(-eps, eps), 0, 1) per pixel, Madry et "
+                                   "al.), normal-unclipped (x + 0.001 N(0, 1), the first gradient there: the official "
+                                   "TRADES and MART code), uniform-unclipped (the released PART code's), normal "
+                                   "(clipped: fastpart 0.1's TRADES), none; default: uniform for at and part, "
+                                   "normal-unclipped for trades, mart, part-trades and part-mart", "attack",
+                                   choices=PGD_STARTS, shown=False)
     ae: str = option("pgd", "training adversarial examples: pgd (the objective's loss) or mma (minimum-margin, "
                      "top-3 targets; PART's App. H.4)", "attack", choices=TRAINING_ATTACKS)
     # schedule
@@ -257,14 +270,19 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum", "schedule", "float")
     milestones: tuple[int, ...] | None = option(None, "epochs where the lr drops 10x (default: 75%% of the epochs)",
                                                 "schedule", "ints", shown=False)
-    lr_schedule: str = option("step", "step: lr / 10 at the milestones (the paper); onecycle: linear from 0 up to "
-                              "--lr at 2/5 of the epochs, then down to 0, per batch (Wong et al., ICLR 2020)",
-                              "schedule", choices=LR_SCHEDULES)
+    lr_schedule: str | None = option(None, "step: lr / 10 at the milestones (the paper); onecycle: linear from 0 up "
+                                     "to --lr at 2/5 of the epochs, then down to 0, per batch (Wong et al., ICLR "
+                                     f"2020) (default: {PAPER}: step; the shapes demo: onecycle)", "schedule",
+                                     choices=LR_SCHEDULES, shown=False)
     lr_warmup: float = option(0.0, "epochs of a linear learning-rate warm-up from 0, per batch (step schedule)",
                               "schedule", "float", metavar="EPOCHS")
-    eps_warmup: float = option(0.0, "epochs over which the budget rises linearly from 0, per batch (eps and PART's "
-                               "eps-low alike, their ratio kept; the step size stays)", "schedule", "float",
-                               metavar="EPOCHS")
+    eps_warmup: float | None = option(None, "epochs over which the budget rises linearly from 0 after --eps-delay, "
+                                      "per batch (eps and PART's eps-low alike, their ratio kept; the step size "
+                                      f"stays) (default: {PAPER}: 0; the shapes demo: a fifth of the epochs)",
+                                      "schedule", "float", metavar="EPOCHS", shown=False)
+    eps_delay: float | None = option(None, "epochs of clean training (budget 0) before the budget ramp (default: "
+                                     f"{PAPER}: 0; the shapes demo: a tenth of the epochs)", "schedule", "float",
+                                     metavar="EPOCHS", shown=False)
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                "0.999; buffers copied); evaluations report both models", "schedule", "float",
                                metavar="DECAY", shown=False)
@@ -323,6 +341,7 @@ class EvalConfig:
     normalize: str | None = None  # ... and its input normalisation: MEAN/STD (3 values each) or a dataset name
     n: int | None = None
     aa_n: int | None = None  # AutoAttack items on a seeded subset of this many of the evaluated images
+    aa_backend: str = "fast"  # fastpart.attacks.autoattack: fast (the reference's verdicts) or reference
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
@@ -338,7 +357,6 @@ class EvalConfig:
     c_data_dir: str | None = None
     c_dataset: str = "cifar10c"
     restart: bool = False
-    aa_backend: str = "fast"  # fastpart.attacks.autoattack: fast (the reference's verdicts) or reference
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -375,7 +393,7 @@ def check_train(cfg: TrainConfig, given: set[str] | None = None) -> None:
     by the user (flags or a config file); PART's options among them are refused for a method without masks."""
     for f in options(TrainConfig):
         choices, value = f.metadata["choices"], getattr(cfg, f.name)
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:
             raise FastpartError(f"unknown --{f.name.replace('_', '-')} {value!r}{did_you_mean(str(value), choices)}; "
                                 f"choose from {', '.join(choices)}")
     if given is not None and not cfg.pixel_reweighted:
@@ -418,10 +436,14 @@ def check_train(cfg: TrainConfig, given: set[str] | None = None) -> None:
         raise FastpartError(f"--burn-in {cfg.burn_in} is not shorter than --epochs {cfg.epochs}: this PART run would "
                             f"never use a mask; lower --burn-in, or train --method "
                             f"{METHODS[cfg.method].objective}")
-    for name in ("lr_warmup", "eps_warmup"):
+    for name in ("lr_warmup", "eps_warmup", "eps_delay"):
         value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= 0):
+        if value is not None and not (math.isfinite(value) and value >= 0):
             raise FastpartError(f"--{name.replace('_', '-')} must be a number of epochs >= 0, got {value}")
+    released = cfg.pixel_reweighted and cfg.numerics == "released"
+    if released and ("mask_mode" in (given or ()) and cfg.mask_mode != "reference" or cfg.lr_schedule == "onecycle"):
+        raise FastpartError("--numerics released has the released code's mask and step schedule: drop --mask-mode and "
+                            "--lr-schedule, or use --numerics official")
     if cfg.lr_schedule == "onecycle" and cfg.lr_warmup:
         raise FastpartError("--lr-warmup is for the step schedule: the one-cycle schedule warms up by itself")
     if cfg.milestones is not None and any(m < 0 for m in cfg.milestones):

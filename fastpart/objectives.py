@@ -21,9 +21,17 @@ beta = 6 for TRADES and MART. The numerics follow the authors' code: yaodongyu/T
 top-2 trick for y'). KL terms use torch's convention 0 * log 0 = 0. Logits are cast to float32 first, so
 bf16 logits (autocast) give float32 losses.
 
-PGD starts: uniform in the eps box for AT and MART (Madry et al.; the PART paper's Algorithm 1),
-x + 0.001 N(0, 1) for TRADES (trades.py). (MART's mart.py itself starts from 0.001 N(0, 1); fastpart
-follows the PART paper.)
+Around the losses, each objective also follows its authors' code (``Objective.start`` and ``.forwards``):
+
+    start     PGD's start (``fastpart.attacks.pgd.STARTS``): AT uniform in the per-pixel box, clipped (Madry
+              et al.; the released PART code's burn-in); TRADES and MART x + 0.001 N(0, 1), not clipped: the
+              first attack gradient is taken there (trades.py, mart.py; the released PART-T and PART-M).
+              ``released_start``: the start of the released PART code's masked phase (part_pgd:
+              x + U(-8/255, 8/255) on every pixel, whatever the mask, not clipped); TRADES and MART keep theirs.
+    forwards  the train-mode forwards of the update, in order, which set the batch-norm running statistics:
+              AT x'; TRADES x, x', x (trades.py evaluates f(x) twice: the natural loss and the KL target);
+              MART x, x'. A repeated input's forward is not run again: its batch statistics are the first
+              one's, so ``fastpart.step`` replays that update of the running statistics.
 
 Methods (``fastpart.config.METHODS``): at, trades, mart, and their pixel-reweighted versions part,
 part-trades, part-mart (PART, PART-T, PART-M: the same objective, PGD inside PART's per-pixel budget after
@@ -142,21 +150,30 @@ def mart_loss(
 
 @dataclass(frozen=True)
 class Objective:
-    """One base method: how PGD starts, what it ascends, what the update descends."""
+    """One base method: how PGD starts, what it ascends, what the update descends, which forwards it runs."""
 
     name: str
-    start: str  # PGD start: "uniform" (AT, MART) or "normal" (TRADES: x + 0.001 N(0, 1))
+    start: str  # PGD start (fastpart.attacks.pgd.STARTS): "uniform" (AT) or "normal-unclipped" (TRADES, MART)
     needs_natural_logits: bool  # the training loss uses f(x)
     attack_loss: AttackLoss  # (logits_adv, y, natural_probs | None) -> per-sample losses (B,)
     loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss
     beta: float = 0.0
     attack_needs_natural_probs: bool = False  # the attack uses softmax(f(x)) (TRADES): compute it first
+    forwards: tuple[str, ...] = ("adv",)  # train-mode forwards in order ("nat": x, "adv": x'); a repeat is replayed
+    released_start: str = ""  # the released PART code's start under PART's mask ("": ``start``)
+
+    def start_for(self, numerics: str = "official", masked: bool = False) -> str:
+        """PGD's start under ``numerics`` (``fastpart.config.NUMERICS``) in the burn-in or under PART's mask."""
+        if numerics == "released" and masked and self.released_start:
+            return self.released_start
+        return self.start
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "at": Objective("at", "uniform", False, ce_attack, at_loss),
-    "trades": Objective("trades", "normal", True, trades_attack, trades_loss, TRADES_BETA, True),
-    "mart": Objective("mart", "uniform", True, ce_attack, mart_loss, MART_BETA),
+    "at": Objective("at", "uniform", False, ce_attack, at_loss, released_start="uniform-unclipped"),
+    "trades": Objective("trades", "normal-unclipped", True, trades_attack, trades_loss, TRADES_BETA, True,
+                        forwards=("nat", "adv", "nat")),
+    "mart": Objective("mart", "normal-unclipped", True, ce_attack, mart_loss, MART_BETA, forwards=("nat", "adv")),
 }
 
 

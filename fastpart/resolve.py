@@ -25,7 +25,7 @@ from fastpart.precision import autocast_dtype
 from fastpart.schedules import Schedule
 
 __all__ = ["schedule", "generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
-           "process_batch_size", "resolve", "resolve_device"]
+           "pgd_start", "process_batch_size", "released_milestones", "resolve", "resolve_device"]
 
 FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
 
@@ -55,21 +55,35 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
     check_train(cfg)
     pixel = METHODS[cfg.method].pixel_reweighted
+    burn_in = (cfg.burn_in if cfg.burn_in is not None else epochs // 4) if pixel else cfg.burn_in
+    released = pixel and cfg.numerics == "released"
+    milestones = released_milestones(burn_in) if released else (int(round(0.75 * epochs)),)
     resolved = replace(
         cfg,
         model=cfg.model or defaults.model,
         epochs=epochs,
-        burn_in=(cfg.burn_in if cfg.burn_in is not None else epochs // 4) if pixel else cfg.burn_in,
+        burn_in=burn_in,
         batch_size=cfg.batch_size or defaults.batch_size,
         lr=cfg.lr if cfg.lr is not None else defaults.lr,
         wd=cfg.wd if cfg.wd is not None else defaults.weight_decay,
         alpha=cfg.alpha if cfg.alpha is not None else defaults.alpha,
-        milestones=cfg.milestones if cfg.milestones is not None else (int(round(0.75 * epochs)),),
+        milestones=cfg.milestones if cfg.milestones is not None else milestones,
+        lr_schedule=cfg.lr_schedule or ("step" if released else defaults.lr_schedule),
+        eps_delay=cfg.eps_delay if cfg.eps_delay is not None else 0.0 if released else defaults.eps_delay * epochs,
+        eps_warmup=cfg.eps_warmup if cfg.eps_warmup is not None else 0.0 if released else defaults.eps_warmup * epochs,
+        mask_mode="reference" if released else cfg.mask_mode,
         device=device,
         precision=precision,
     )
     check_train(resolved)
     return resolved
+
+
+def released_milestones(burn_in: int) -> tuple[int, int]:
+    """The released PART code's schedule as 0-based milestones: after its burn-in (lr as given) it counts PART's
+    epochs from 1 and sets lr / 10 from the 60th, lr / 100 from the 90th (utils.adjust_learning_rate, adjust-first
+    60, adjust-second 90): with 80 epochs and a burn-in of 20, only the last epoch is decayed."""
+    return burn_in + 59, burn_in + 89
 
 
 def process_batch_size(cfg: TrainConfig, world_size: int) -> int:
@@ -95,7 +109,8 @@ def mask_plan(cfg: TrainConfig) -> MaskPlan:
 
 def schedule(cfg: TrainConfig) -> Schedule:
     """The learning-rate and budget schedules of a resolved config (``fastpart.schedules``)."""
-    return Schedule(cfg.lr, cfg.epochs, cfg.lr_schedule, tuple(cfg.milestones), 0.1, cfg.lr_warmup, cfg.eps_warmup)
+    return Schedule(cfg.lr, cfg.epochs, cfg.lr_schedule, tuple(cfg.milestones), 0.1, cfg.lr_warmup, cfg.eps_warmup,
+                    cfg.eps_delay)
 
 
 def generator_name(cfg: TrainConfig) -> str:
@@ -103,7 +118,14 @@ def generator_name(cfg: TrainConfig) -> str:
     return "pgd-compiled" if cfg.ae == "pgd" and cfg.compile_attack else cfg.ae
 
 
-def generator_settings(cfg: TrainConfig, objective: Objective) -> GeneratorSettings:
-    """The training attack's settings (a resolved config): the objective's loss and start, alpha, steps."""
-    return GeneratorSettings(objective.attack_loss, objective.start, cfg.alpha, cfg.steps,
+def pgd_start(cfg: TrainConfig, objective: Objective, masked: bool = False) -> str:
+    """PGD's start in the burn-in or under PART's mask: --pgd-start, else the objective's under --numerics."""
+    numerics = cfg.numerics if cfg.pixel_reweighted else "official"
+    return cfg.pgd_start or objective.start_for(numerics, masked)
+
+
+def generator_settings(cfg: TrainConfig, objective: Objective, masked: bool = False) -> GeneratorSettings:
+    """The training attack's settings (a resolved config): the objective's loss, the start (``pgd_start``; ``masked``:
+    under PART's mask), alpha, steps."""
+    return GeneratorSettings(objective.attack_loss, pgd_start(cfg, objective, masked), cfg.alpha, cfg.steps,
                              autocast_dtype(cfg.precision), cfg.compile_mode)

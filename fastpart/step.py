@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _NormBase
 from tqdm import tqdm
 
 from fastpart import distributed
@@ -29,7 +30,7 @@ from fastpart.objectives import Objective, natural_probs
 from fastpart.part import MaskPlan
 from fastpart.schedules import Schedule, scaled_budget
 
-__all__ = ["TIMED_BATCHES", "train_epoch", "train_step"]
+__all__ = ["TIMED_BATCHES", "RunningStatsReplay", "train_epoch", "train_step"]
 
 TIMED_BATCHES = 5  # batches timed for the early estimate of a run's length (after the first)
 
@@ -44,17 +45,102 @@ def _timed(device: torch.device, timer: Callable[[int, float], None], batches: i
     return now
 
 
+class RunningStatsReplay:
+    """Replays the running-statistics update of a train-mode forward without running it again.
+
+    A train-mode batch-norm layer with momentum m sets r <- (1 - m) r + m s, s its batch statistic (mean,
+    unbiased variance), and counts the batch. A second forward of the same batch with unchanged weights has the
+    same s, so its update is r <- (1 - m) r + (r1 - (1 - m) r0), with r0 and r1 the statistics before and after
+    the first forward: ``before`` keeps (1 - m) r0, ``after`` m s, ``replay`` applies it (a few fused foreach
+    ops, no host synchronisation; float32 rounding of a few units in the last place). Layers whose momentum
+    is None (a cumulative average) are not covered: ``exact`` is then False and the caller runs the forward.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats
+                       and m.training and m.running_mean is not None]
+        self.exact = all(m.momentum is not None for m in self.layers)
+        self.groups: dict[float, list[nn.Module]] = {}
+        for m in self.layers:
+            self.groups.setdefault(float(m.momentum or 0.0), []).append(m)
+        self.kept: dict[float, list[torch.Tensor]] = {}
+        self.counted: list[torch.Tensor] = []
+
+    @staticmethod
+    def _buffers(layers: list[nn.Module]) -> list[torch.Tensor]:
+        return [b for m in layers for b in (m.running_mean, m.running_var)]
+
+    @torch.no_grad()
+    def before(self) -> None:
+        self.kept = {m: torch._foreach_mul(self._buffers(layers), 1.0 - m) for m, layers in self.groups.items()}
+        self.counted = [layer.num_batches_tracked.clone() for layer in self.layers]
+
+    @torch.no_grad()
+    def after(self) -> None:
+        for m, layers in self.groups.items():
+            self.kept[m] = torch._foreach_sub(self._buffers(layers), self.kept[m])  # r1 - (1 - m) r0 = m s
+        self.counted = torch._foreach_sub([layer.num_batches_tracked for layer in self.layers], self.counted)
+
+    @torch.no_grad()
+    def replay(self) -> None:
+        for m, layers in self.groups.items():
+            buffers = self._buffers(layers)
+            torch._foreach_mul_(buffers, 1.0 - m)
+            torch._foreach_add_(buffers, self.kept[m])
+        torch._foreach_add_([layer.num_batches_tracked for layer in self.layers], self.counted)  # 1 (0 if unused)
+
+
+def _no_statistics(update: nn.Module, objective: Objective,
+                   inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, list[Callable]]:
+    """A model without running statistics: each input's forward once."""
+    logits = {name: update(inputs[name]) for name in dict.fromkeys(objective.forwards)}
+    return logits["adv"], logits.get("nat"), []
+
+
+def _update_forwards(update: nn.Module, model: nn.Module, objective: Objective, x: torch.Tensor,
+                     x_adv: torch.Tensor, replay: bool) -> tuple[torch.Tensor, torch.Tensor | None, list[Callable]]:
+    """The objective's train-mode forwards in its order (``Objective.forwards``). A repeated input's forward is run
+    again without gradients (``replay`` False, or a layer ``RunningStatsReplay`` does not cover) or replayed on
+    the running statistics: then returned, to be called after the backward (a train-mode backward does not read
+    the running statistics, but autograd would see them changed in place). Returns (logits of x', logits of x or
+    None, the replays)."""
+    inputs = {"nat": x, "adv": x_adv}
+    repeated = {name for i, name in enumerate(objective.forwards) if name in objective.forwards[:i]}
+    stats = RunningStatsReplay(model) if repeated else None
+    if stats is not None and not stats.layers:
+        return _no_statistics(update, objective, inputs)
+    stats = stats if stats is not None and stats.exact and replay else None
+    logits: dict[str, torch.Tensor] = {}
+    replays: list[Callable] = []
+    for name in objective.forwards:
+        if name in logits:
+            if stats is not None:
+                replays.append(stats.replay)
+            else:
+                with torch.no_grad():
+                    update(inputs[name])
+            continue
+        if stats is not None and name in repeated:
+            stats.before()
+        logits[name] = update(inputs[name])
+        if stats is not None and name in repeated:
+            stats.after()
+    return logits["adv"], logits.get("nat"), replays
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, generate: Generator,
                x: torch.Tensor, y: torch.Tensor, eps: Eps, rng: torch.Generator, *,
                autocast_dtype: torch.dtype | None = None, update: nn.Module | None = None,
-               average: WeightAverage | None = None) -> torch.Tensor:
+               average: WeightAverage | None = None, replay: bool = True) -> torch.Tensor:
     """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing.
 
     ``model`` runs the natural forward and the attack (eval mode, input gradients only); ``generate``
     (``fastpart.attacks.generators``) crafts x_adv inside ``eps`` (a float, a tensor or ``EpsLevels``) from
     ``rng``; ``update`` (default: ``model``; the DistributedDataParallel wrapper under several processes)
-    runs the train-mode forward whose backward updates the parameters; ``average`` (``--ema``) follows the
-    parameters of the plain model after the step.
+    runs the train-mode forwards whose backward updates the parameters, in the objective's order (AT: x';
+    TRADES: x, x', x; MART: x, x'), which sets the batch-norm running statistics as the authors' code does;
+    TRADES's second forward of x is replayed on the statistics (``replay`` False: run again without
+    gradients); ``average`` (``--ema``) follows the parameters of the plain model after the step.
     """
     update = model if update is None else update
     model.eval()
@@ -64,11 +150,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
     x_adv = generate(model, x, y, eps, probs, rng)
     model.train()
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits_adv = update(x_adv)
-        logits_nat = update(x) if objective.needs_natural_logits else None
+        logits_adv, logits_nat, replays = _update_forwards(update, model, objective, x, x_adv, replay)
         loss = objective.loss(logits_adv, logits_nat, y, objective.beta)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for replayed in replays:
+        replayed()
     optimizer.step()
     if average is not None:
         average.update()

@@ -58,11 +58,11 @@ from fastpart.progress import describe, duration, estimate
 from fastpart.schedules import Schedule
 from fastpart.part import MaskCache, MaskPlan, SplitImages, cached_levels, refresh_epochs, refresh_masks
 from fastpart.precision import autocast_dtype
-from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults, schedule,
+from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults, pgd_start, schedule,
                               process_batch_size, resolve)
-from fastpart.runfolder import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, TRAIN_LOCK, TrainingState, append_jsonl,
-                                environment, keep_metrics_until, load_checkpoint, read_checkpoint, resume_conflicts,
-                                save_checkpoint)
+from fastpart.runfolder import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, RESUME_FIELDS, TRAIN_LOCK, TrainingState,
+                                append_jsonl, check_recordable, environment, keep_metrics_until, load_checkpoint,
+                                read_checkpoint, resume_conflicts, save_checkpoint)
 from fastpart.step import train_epoch, train_step
 
 __all__ = ["TrainResult", "train", "train_epoch", "train_step"]
@@ -120,6 +120,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             run = _setup(cfg, manifest, defaults, device, batch_size)
             try:
                 return _epochs(run)
+            except BaseException:
+                if distributed.is_main() and not (run_dir / CHECKPOINT).exists():  # no epoch finished: no run
+                    for record in (CONFIG, ENV, METRICS):
+                        (run_dir / record).unlink(missing_ok=True)
+                raise
             finally:
                 if run.board is not None:
                     run.board.close()
@@ -138,17 +143,19 @@ def _previous_run(cfg: TrainConfig, dataset_sha: str) -> dict[str, Any] | None:
     run_dir = Path(cfg.out)
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.exists():
+        check_recordable(cfg)  # a run that could not be resumed is not started
         return None
     if not cfg.resume:
         raise FastpartError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    payload = read_checkpoint(checkpoint, required=("model", "optimizer", "scheduler", "epoch", "config"))
+    payload = read_checkpoint(checkpoint, required=RESUME_FIELDS)
+    saved_sha = payload.get("dataset_sha")  # the data first: other data resolves other paper settings
+    if saved_sha is not None and saved_sha != dataset_sha:
+        raise FastpartError(f"--resume with other training data than the run in {run_dir}: the {cfg.dataset} train "
+                            f"split in {cfg.data_dir} is {dataset_sha[:23]}..., the run was trained on "
+                            f"{saved_sha[:23]}...")
     changed = resume_conflicts(payload["config"], cfg)
     if changed:
         raise FastpartError(f"--resume with other settings than the run in {run_dir}: {', '.join(changed)}")
-    saved_sha = payload.get("dataset_sha")
-    if saved_sha is not None and saved_sha != dataset_sha:
-        raise FastpartError(f"--resume with other training data than the run in {run_dir}: the {cfg.dataset} train "
-                            f"split in {cfg.data_dir} is not the one it was trained on")
     return payload
 
 
@@ -190,6 +197,7 @@ class _Run:
     history: list[dict[str, Any]] | None = None
     final_eval: dict[str, float] | None = None  # the last test-set evaluation
     epoch_seconds: list[float] | None = None  # the epochs run by this process, for the estimate of what is left
+    generate_masked: Generator | None = None  # PART's generator under the mask, when its start differs (--numerics)
 
 
 def _loaders(cfg: TrainConfig, defaults: TrainDefaults, device: torch.device, batch_size: int, train_rows,
@@ -222,9 +230,6 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
         run_dir.mkdir(parents=True, exist_ok=True)
         if previous is not None:
             remove_stale_temporaries(run_dir)  # left by a process killed while writing
-        held_out = {} if val_rows is None else {"val_rows": val_rows.tolist()}  # the training split's held-out rows
-        write_json_atomic(run_dir / CONFIG, {**cfg.to_dict(), **held_out})
-        write_json_atomic(run_dir / ENV, environment(device))
 
     torch.manual_seed(cfg.seed)
     model = _model(cfg, manifest["num_classes"], device)
@@ -256,8 +261,10 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
         SplitImages(train_loader.unaugmented, device), MaskCache(run_dir / MASKS),
         dataset_sha + (f"|val={cfg.val_n}@{cfg.seed}" if val_rows is not None else "")
         + (f"|train={cfg.train_n}" if cfg.train_n is not None else ""), dataset_sha)
+    if method.pixel_reweighted and pgd_start(cfg, objective, masked=True) != pgd_start(cfg, objective):
+        run.generate_masked = make_generator(generator_name(cfg), generator_settings(cfg, objective, masked=True))
     if previous is not None:
-        run.start_epoch, run.mask_key = load_checkpoint(previous, run.state)
+        run.start_epoch, run.mask_key = load_checkpoint(previous, run.state, str(run_dir / CHECKPOINT))
         run.mask_weights = previous.get("mask_model")
         if average is not None:
             average.load_state_dict(previous["ema"])
@@ -266,6 +273,10 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
     run.history = distributed.on_main(lambda: keep_metrics_until(run_dir / METRICS, run.start_epoch))
     if run.mask_key is not None and run.start_epoch < cfg.epochs and run.start_epoch not in run.refreshes:
         train_loader.set_aux(_restored_masks(run))
+    if main:  # the run's records, once it has started (a run refused while setting up leaves none)
+        held_out = {} if val_rows is None else {"val_rows": val_rows.tolist()}  # the training split's held-out rows
+        write_json_atomic(run_dir / CONFIG, {**cfg.to_dict(), **held_out})
+        write_json_atomic(run_dir / ENV, environment(device))
     return run
 
 
@@ -290,7 +301,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     cfg, model, state = run.cfg, run.state.model, run.state
     lr = run.schedule.lr_at(epoch) if run.schedule.per_batch else state.optimizer.param_groups[0]["lr"]
     record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-    if cfg.eps_warmup:
+    if cfg.eps_warmup or cfg.eps_delay:
         record["eps_scale"] = run.schedule.eps_scale(epoch)  # at the epoch's start; it rises batch by batch
     masked = run.method.pixel_reweighted and epoch >= cfg.burn_in
     if epoch in run.refreshes:
@@ -298,7 +309,8 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     run.train_loader.set_epoch(epoch)
     state.generator.manual_seed(attack_seed(cfg.seed, epoch, distributed.rank()))
     first = not run.epoch_seconds and distributed.is_main()
-    record.update(train_epoch(model, run.train_loader, state.optimizer, run.objective, run.generate, state.generator,
+    generate = run.generate_masked if masked and run.generate_masked is not None else run.generate
+    record.update(train_epoch(model, run.train_loader, state.optimizer, run.objective, generate, state.generator,
                               eps=cfg.eps, masks=run.masks if masked else None, autocast_dtype=run.autocast,
                               attack_net=run.net, update_net=run.update_net, average=run.average,
                               desc=f"epoch {epoch + 1}/{cfg.epochs}", schedule=run.schedule, epoch=epoch,

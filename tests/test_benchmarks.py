@@ -32,7 +32,7 @@ def test_baseline_masks_equal_fastpart_masks():
     x = torch.rand(12, 3, 32, 32)
     x[0] = 0.5  # a flat image too
     levels, degenerate = bench_baseline.per_sample_levels(model, find_cam_layer(model), x)
-    cams = mask_plan(TrainConfig(cam_backend="native", batch_size=32)).cam_function(model)(x, None)
+    cams = mask_plan(TrainConfig(cam_backend="native", batch_size=32, precision="fp32")).cam_function(model)(x, None)
     expected, expected_degenerate = eps_levels(cams, (32, 32), MaskSettings())
     assert levels.shape == expected.shape == (12, 1, 32, 32) and levels.dtype == torch.uint8
     assert degenerate == int(expected_degenerate.sum())

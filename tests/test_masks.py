@@ -161,20 +161,22 @@ def test_pil_resize_matches_pillow(interpolation):
         np.testing.assert_array_equal(ours, ref)
 
 
-def released_reference(cam: np.ndarray, size: int, eps: float = 8 / 255, low: float = 7 / 255) -> np.ndarray:
+def released_reference(cam: np.ndarray, size: int, eps: float = 8 / 255, low: float = 7 / 255,
+                       torchcam_eps: float = 0.0) -> np.ndarray:
     """The released code (utils.py: craft_weight_matrix, process_overlay, generate_weighted_eps), one image.
 
-    torchcam 0.3.2 min-max normalises the ReLU'd CAM in float32; torchvision 0.14's to_pil_image keeps a
-    float32 ndarray as a mode "F" image (no x255); PIL BICUBIC resize; square; matplotlib jet; RGB x255 as
-    double, /255; np.mean / np.std over all values; clamp to [1, max] in torch; float32; > 1 -> eps.
-    Returns the per-element eps (3, size, size) float32.
+    The pinned torchcam 0.3.2 min-max normalises the ReLU'd CAM in float32 (L -= min; L /= max: no epsilon, so a
+    flat map is 0 / 0 = NaN; ``torchcam_eps`` 1e-8 gives torchcam >= 0.4); torchvision 0.14's to_pil_image keeps
+    a float32 ndarray as a mode "F" image (no x255); PIL BICUBIC resize; square; matplotlib jet (NaN -> the "bad"
+    colour, transparent black); RGB x255 as double, /255; np.mean / np.std over all values; clamp to [1, max] in
+    torch; float32; > 1 -> eps. Returns the per-element eps (3, size, size) float32.
     """
     import matplotlib
     from PIL import Image
 
     heat = torch.from_numpy(cam.astype(np.float32)).clone()[None]
     heat.sub_(heat.flatten(start_dim=-2).min(-1).values[..., None, None])
-    heat.div_(heat.flatten(start_dim=-2).max(-1).values[..., None, None] + 1e-8)
+    heat.div_(heat.flatten(start_dim=-2).max(-1).values[..., None, None] + torchcam_eps)
     mask = Image.fromarray(heat[0].numpy(), mode=None)
     assert mask.mode == "F"
     overlay = mask.resize((size, size), resample=Image.BICUBIC)
@@ -182,9 +184,16 @@ def released_reference(cam: np.ndarray, size: int, eps: float = 8 / 255, low: fl
     rgb = (255 * cmap_overlay[:, :, :3]).astype(np.double)
     normalized = rgb / 255
     mean, std = np.mean(normalized), np.std(normalized)
-    weight = torch.from_numpy((normalized - mean) / std)
+    with np.errstate(invalid="ignore"):  # a flat map: 0 / 0
+        weight = torch.from_numpy((normalized - mean) / std)
     weight = torch.clamp(weight, 1, weight.max()).float().permute(2, 0, 1)
     return torch.where(weight > 1, eps, low).numpy()
+
+
+def tiny_cam() -> np.ndarray:
+    """A CAM whose max is near 4e-8 (a nearly dead layer): torchcam's later + 1e-8 flattens it to [0, 0.8]."""
+    cam = np.maximum(np.random.default_rng(11).normal(size=(4, 4)), 0).astype(np.float32)
+    return (cam / cam.max() * 4e-8).astype(np.float32)
 
 
 def test_reference_mode_matches_released_procedure():
@@ -193,25 +202,44 @@ def test_reference_mode_matches_released_procedure():
     for h in (4, 4, 4, 8, 8):
         cam = np.maximum(rng.normal(size=(h, h)), 0) * rng.uniform(0.01, 50)
         cams.append(cam.astype(np.float32))
-    cams.append(np.zeros((4, 4), np.float32))  # all zero: a uniform dark-blue jet image, not degenerate here
     peak = np.zeros((4, 4), np.float32)
     peak[2, 1] = 3.0
     cams.append(peak)
+    cams.append(tiny_cam())
+    flat = [np.zeros((4, 4), np.float32), np.full((4, 4), 0.37, np.float32)]  # ReLU killed everything; constant
     channel_differs = False
-    for cam in cams:
+    for cam in cams + flat:
         levels, degenerate = eps_levels(torch.from_numpy(cam)[None], (32, 32), REFERENCE)
         assert levels.shape == (1, 3, 32, 32) and levels.dtype == torch.uint8
-        assert not degenerate.any()
+        assert bool(degenerate.any()) == any(cam is f for f in flat)
         ours = eps_from_levels(levels, 8 / 255, 7 / 255)[0].numpy()
         np.testing.assert_array_equal(ours, released_reference(cam, 32))
         channel_differs |= bool((levels[0, 0] != levels[0, 1]).any() or (levels[0, 1] != levels[0, 2]).any())
     assert channel_differs
 
 
-def test_reference_mode_zero_map_marks_the_blue_channel():
-    levels, degenerate = eps_levels(torch.zeros(1, 4, 4), (8, 8), REFERENCE)
+def test_reference_mode_flat_map_is_degenerate_with_no_important_pixel():
+    """torchcam 0.3.2: 0 / 0 = NaN -> matplotlib's bad colour -> NaN z -> eps_low everywhere (torchcam >= 0.4's
+    + 1e-8 gave a uniform dark-blue image instead, whose whole blue channel was important)."""
+    for cam in (torch.zeros(1, 4, 4), torch.full((1, 4, 4), 2.5)):
+        levels, degenerate = eps_levels(cam, (8, 8), REFERENCE)
+        assert degenerate.tolist() == [True]
+        assert not levels.any()
+        np.testing.assert_array_equal(released_reference(cam[0].numpy(), 8), np.full((3, 8, 8), 7 / 255, np.float32))
+    later = released_reference(np.zeros((4, 4), np.float32), 8, torchcam_eps=1e-8)
+    assert (later[2] == np.float32(8 / 255)).all() and (later[:2] == np.float32(7 / 255)).all()
+
+
+def test_reference_mode_tiny_map_is_normalised_to_its_max():
+    cam = tiny_cam()
+    levels, degenerate = eps_levels(torch.from_numpy(cam)[None], (32, 32), REFERENCE)
     assert not degenerate.any()
-    assert levels[0, 2].all() and not levels[0, :2].any()
+    released = released_reference(cam, 32)
+    later = released_reference(cam, 32, torchcam_eps=1e-8)
+    np.testing.assert_array_equal(eps_from_levels(levels, 8 / 255, 7 / 255)[0].numpy(), released)
+    important, important_later = (float((a == np.float32(8 / 255)).mean()) for a in (released, later))
+    assert important == pytest.approx(float(levels.float().mean()))
+    assert important != important_later and (released != later).mean() > 0.01  # the epsilon matters here
 
 
 def test_reference_mode_batch_equals_single_images_and_nan_is_degenerate():
@@ -220,7 +248,7 @@ def test_reference_mode_batch_equals_single_images_and_nan_is_degenerate():
     cams[3, 0, 0] = float("nan")
     levels, degenerate = eps_levels(cams, (32, 32), REFERENCE)
     assert degenerate.tolist() == [False, False, False, True, False]
-    assert bool((levels[3] == 1).all())
+    assert not levels[3].any()  # as the released code's NaN: eps_low everywhere
     for i in (0, 1, 2, 4):
         single, _ = eps_levels(cams[i : i + 1], (32, 32), REFERENCE)
         assert torch.equal(levels[i : i + 1], single)
@@ -309,7 +337,7 @@ def test_compute_split_levels_matches_direct_computation(settings):
             assert targets is None
     assert stats["n"] == 11
     assert stats["degenerate"] == int(degenerate.sum())
-    assert stats["degenerate"] == (1 if settings.mode == "paper" else 0)
+    assert stats["degenerate"] == 1  # the flat red channel, counted in both modes
     assert stats["important_fraction"] == pytest.approx(float(levels.double().mean()), abs=1e-12)
     assert stats["seconds"] >= 0
 

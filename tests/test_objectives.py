@@ -85,7 +85,15 @@ def test_table_covers_exactly_the_three_methods():
 
 def test_starts_betas_and_natural_logits():
     at, trades, mart = (OBJECTIVES[n] for n in ("at", "trades", "mart"))
-    assert (at.start, trades.start, mart.start) == ("uniform", "normal", "uniform")
+    # Madry's start for AT; the official trades.py and mart.py start from x + 0.001 N(0, 1), unclipped
+    assert (at.start, trades.start, mart.start) == ("uniform", "normal-unclipped", "normal-unclipped")
+    # the released PART code's masked phase starts from x + U(-eps, eps) (part_pgd); PART-T and PART-M keep theirs
+    assert [o.start_for("released", masked=True) for o in (at, trades, mart)] == [
+        "uniform-unclipped", "normal-unclipped", "normal-unclipped"]
+    assert [o.start_for("released", masked=False) for o in (at, trades, mart)] == [o.start for o in (at, trades, mart)]
+    assert [o.start_for("official", masked=True) for o in (at, trades, mart)] == [o.start for o in (at, trades, mart)]
+    # the train-mode forwards of the update: trades.py runs f(x), f(x'), f(x); mart.py f(x), f(x')
+    assert (at.forwards, trades.forwards, mart.forwards) == (("adv",), ("nat", "adv", "nat"), ("nat", "adv"))
     assert trades.beta == 6.0 and mart.beta == 6.0
     assert not at.needs_natural_logits and trades.needs_natural_logits and mart.needs_natural_logits
     assert [o.attack_needs_natural_probs for o in (at, trades, mart)] == [False, True, False]

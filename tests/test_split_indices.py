@@ -95,7 +95,7 @@ def test_streaming_a_beton_needs_its_row_numbers_as_indices(tmp_path):
     path = write_beton(tmp_path / "subset.beton", KEPT)
     with pytest.raises(FastpartError, match="not 0..5 in file order"):
         DeviceLoader(path, batch_size=N, shuffle=False, backend="ffcv")
-    assert DeviceLoader(path, batch_size=N, shuffle=False, backend="memory").indices.tolist() == RANKS
+    assert DeviceLoader(path, batch_size=N, shuffle=False, backend="memory").source.indices.tolist() == RANKS
 
 
 def test_npz_indices_of_the_wrong_shape_or_type_are_refused(tmp_path):

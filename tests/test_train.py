@@ -76,7 +76,8 @@ def test_mma_training_examples_respect_the_mask_weighted_budget(data_dir, tmp_pa
     run = tmp_path / "run"
     assert main(["train", "--dataset", "shapes", "--data-dir", str(data_dir), "--model", "resnet18_cifar_w8",
                  "--method", "part", "--ae", "mma", "--epochs", "2", "--burn-in", "1", "--mask-freq", "1",
-                 "--batch-size", "50", "--steps", "3", "--eval-steps", "1", "--eval-n", "50", "--out", str(run)]) == 0
+                 "--batch-size", "50", "--steps", "3", "--eval-steps", "1", "--eval-n", "50", "--eps-delay", "0",
+                 "--eps-warmup", "0", "--out", str(run)]) == 0
     assert json.loads((run / "config.json").read_text())["ae"] == "mma"
     assert len(seen) == 2 * (400 // 50)
     burn_in, masked = seen[0], seen[-1]

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from fastpart.attacks.pgd import random_start
+from fastpart.attacks.pgd import project, random_start
 from fastpart.config import COMPILE_MODES
 from fastpart.budgets import Eps
 from fastpart.kernels import pgd_step_reference
@@ -70,7 +70,7 @@ def graphed_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Eps, al
     x = x.detach()
     x_adv = random_start(x, eps, start, generator)
     if steps == 0:
-        return x_adv.detach()
+        return project(x_adv, x, eps).detach()  # an unclipped start (see pgd); a no-op for the others
     step = _compiled(mode)
     with eval_mode(model), frozen_parameters(model), _trace_autograd():
         for _ in range(steps):

@@ -16,9 +16,11 @@ Two mask modes (``MaskSettings.mode``):
   degenerate map -- any non-finite value, or a flat map (max == min, so std = 0) -- gets level 1
   everywhere (eps everywhere: plain AT for that image) and is flagged.
 
-* ``reference``: the released code's procedure (``fastpart.part.released``): torchcam's min-max
-  normalisation, PIL bicubic resampling, squaring, matplotlib's 'jet' table, standardisation over the
-  3*H*W RGB values; three levels per pixel, one per colour channel: C = 3.
+* ``reference``: the released code's procedure (``fastpart.part.released``): torchcam 0.3.2's min-max
+  normalisation (no epsilon), PIL bicubic resampling, squaring, matplotlib's 'jet' table, standardisation
+  over the 3*H*W RGB values; three levels per pixel, one per colour channel: C = 3. Degenerate maps (flat,
+  non-finite, or a one-colour jet image) are flagged as in paper mode, but get level 0 everywhere
+  (eps_low), as the released code's NaN gives them.
 
 Levels become the per-element budget of mask-weighted PGD as ``fastpart.budgets.EpsLevels(levels, eps,
 eps_low)``. ``cam_targets`` is the one rule for the class a CAM explains (the label when
@@ -154,7 +156,8 @@ def eps_levels(cams: torch.Tensor, size: tuple[int, int], settings: MaskSettings
     """Raw CAMs (B, h, w) -> (levels uint8 (B, C, H, W): 1 = important (eps), 0 = eps_low; degenerate bool (B,)).
 
     C = 1 in paper mode, 3 in reference mode (see the module docstring for both procedures).
-    Degenerate maps get level 1 everywhere (eps everywhere, plain AT) and are flagged.
+    Degenerate maps are flagged; they get level 1 everywhere in paper mode (eps everywhere, plain AT), level 0
+    in reference mode (eps_low everywhere, as the released code).
     """
     _check_cams(cams)
     size = (int(size[0]), int(size[1]))

@@ -2,15 +2,19 @@
 
 The released code's procedure (JiachengZ01/PART, ``utils.py``:
 ``craft_weight_matrix``, ``process_overlay``, ``generate_weighted_eps``), reproduced on the device,
-batched: torchcam's min-max normalisation of the CAM (float32: L -= min; L /= max + 1e-8), PIL
+batched: torchcam's min-max normalisation of the CAM as the released code's pinned torchcam 0.3.2 does it
+(float32: L -= min; L /= max, without the later versions' + 1e-8), PIL
 resampling of that float image (mode "F", ``Image.BICUBIC``: Keys kernel a = -0.5, taps clipped at
 the borders and renormalised, horizontal pass then vertical pass, each rounded to float32),
 squaring, matplotlib's 256-entry 'jet' table indexed like ``Colormap.__call__`` indexes floats
 (``int(x * 256)``, 256 -> 255, above -> the "over" colour = entry 255), RGB only,
 ``(255 * rgb).astype(double) / 255``, standardisation over all 3*H*W values of the image
 (population std, float64), the result cast to float32, and important iff it is > tau (the
-released code: > 1). Three levels per pixel, one per colour channel: C = 3. Only non-finite maps
-are degenerate here (a flat map yields a valid jet image, and the released code uses it).
+released code: > 1). Three levels per pixel, one per colour channel: C = 3.
+Degenerate maps, counted as in paper mode: a flat map (an all-zero CAM: 0 / 0 in torchcam 0.3.2), a
+non-finite one, or a jet image of one colour (std 0). The released code computes NaN for them (NaN -> PIL
+-> matplotlib's "bad" colour, transparent black -> 0 / 0 in the standardisation), and NaN > 1 is false:
+no important pixel, eps_low everywhere; so do these levels (paper mode falls back to eps instead).
 The float "F" image is what the released pins (torchvision 0.14) give: their ``to_pil_image`` keeps
 a float32 ndarray unscaled; current torchvision (0.29) turns it into uint8 first (and ``** 2`` would
 then wrap around), so the released code must not be re-run on a current torchvision for comparison.
@@ -26,11 +30,11 @@ import torch
 
 from fastpart.part.levels import MaskSettings, nonfinite_rows, standardise
 
-__all__ = ["JET_SIZE", "TORCHCAM_EPS", "jet_indices", "jet_table", "pil_resample_taps", "pil_resize",
+__all__ = ["JET_SIZE", "TORCHCAM_VERSION", "jet_indices", "jet_table", "pil_resample_taps", "pil_resize",
            "reference_levels", "torchcam_normalize"]
 
 JET_SIZE = 256  # matplotlib's default lut size (rcParams["image.lut"]), as cm.get_cmap('jet') gives it
-TORCHCAM_EPS = 1e-8  # torchcam's _CAM._normalize: cams /= cams.max() + eps
+TORCHCAM_VERSION = "0.3.2"  # the released code's pin: _CAM._normalize divides by the max, no epsilon (0.4 adds 1e-8)
 
 
 # PIL's resampling filters (Pillow src/libImaging/Resample.c), evaluated with the same double arithmetic.
@@ -160,25 +164,27 @@ def jet_indices(values: torch.Tensor) -> torch.Tensor:
 
 
 def torchcam_normalize(cams: torch.Tensor) -> torch.Tensor:
-    """torchcam's ``_CAM._normalize`` per map, in float32: L -= min L; L /= max L + 1e-8."""
+    """torchcam 0.3.2's ``_CAM._normalize`` per map, in float32: L -= min L; L /= max L (a flat map -> NaN)."""
     maps = cams.to(torch.float32)
     maps = maps - maps.flatten(1).amin(dim=1).view(-1, 1, 1)
-    return maps / (maps.flatten(1).amax(dim=1).view(-1, 1, 1) + TORCHCAM_EPS)
+    return maps / maps.flatten(1).amax(dim=1).view(-1, 1, 1)
 
 
 @torch.no_grad()
-def reference_levels(cams: torch.Tensor, size: tuple[int, int], settings: MaskSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    nonfinite = nonfinite_rows(cams)
+def reference_levels(cams: torch.Tensor, size: tuple[int, int],
+                     settings: MaskSettings) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(torch.isfinite(cams), cams, torch.zeros_like(cams))
     heat = torchcam_normalize(safe)
+    degenerate = nonfinite_rows(cams) | nonfinite_rows(heat)  # non-finite, or flat (0 / 0)
+    heat = torch.where(degenerate.view(-1, 1, 1), torch.zeros_like(heat), heat)
     overlay = pil_resize(heat, size, settings.interpolation)
     squared = overlay * overlay  # np.asarray(overlay) ** 2 on a float32 array
     rgb = _overlay_table_cached(str(cams.device))[jet_indices(squared)]  # (B, H, W, 3) float64
     rgb = rgb.permute(0, 3, 1, 2)  # (B, 3, H, W)
     z, std = standardise(rgb)
-    degenerate = nonfinite | (std == 0)
-    # torch.clamp(z, 1, z.max()).float() > 1  <=>  float32(z) > 1; tau generalises the threshold 1.
+    degenerate |= std == 0
+    # torch.clamp(z, 1, z.max()).float() > 1  <=>  float32(z) > 1; tau generalises the threshold 1. A degenerate
+    # map's z is NaN in the released code: nothing is important.
     important = z.to(torch.float32) > settings.tau
-    important |= degenerate.view(-1, 1, 1, 1)
+    important &= ~degenerate.view(-1, 1, 1, 1)
     return important.to(torch.uint8).contiguous(), degenerate
-
