@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh Debian/Ubuntu machine: the system packages ffcv builds against,
 # a virtual environment at .venv, and fastpart installed in editable mode with the ffcv, tensorboard and test extras.
-# PYTHON picks the interpreter (default python3; fastpart's pins are tested on Python 3.11, Linux x86_64).
+# Every package is taken at the version in constraints.txt: the exact set CI tests (pyproject.toml holds the wider
+# ranges a plain `pip install fastpart` accepts).
+# PYTHON picks the interpreter (default python3; constraints.txt is tested on Python 3.11, Linux x86_64).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,10 +26,10 @@ fi
 
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-.venv/bin/python -m pip install -q -e '.[ffcv,tensorboard,test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[ffcv,tensorboard,test]'
 # For the tests only: RobustBench's model definitions (tests/test_robustbench_models.py) and its own evaluation
 # (tests/test_interop.py). --no-deps for robustbench and the packages it pins, as it pins an old timm (and gdown)
 # that must not replace fastpart's; then the few plain libraries robustbench.eval imports.
 .venv/bin/python -m pip install -q --no-deps robustbench==1.1.1 gdown==5.1.0 geotorch==0.4.0 torchdiffeq==0.2.5
-.venv/bin/python -m pip install -q requests pandas beautifulsoup4
+.venv/bin/python -m pip install -q -c constraints.txt requests pandas beautifulsoup4
 .venv/bin/fastpart --version

@@ -22,9 +22,40 @@ Units: images are float tensors in [0, 1], (B, 3, H, W); budgets (eps) are in th
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__ loads each name on first use
+    from fastpart.attacks.apgd import apgd as apgd
+    from fastpart.attacks.mma import mma as mma
+    from fastpart.attacks.pgd import pgd as pgd
+    from fastpart.attacks.robust import robust_accuracy as robust_accuracy
+    from fastpart.attacks.robust import robust_correct as robust_correct
+    from fastpart.budgets import EpsLevels as EpsLevels
+    from fastpart.config import METHODS as METHODS
+    from fastpart.config import ConvertConfig as ConvertConfig
+    from fastpart.config import EvalConfig as EvalConfig
+    from fastpart.config import TrainConfig as TrainConfig
+    from fastpart.data.convert import convert as convert
+    from fastpart.data.splitfiles import read_split as read_split
+    from fastpart.data.splitfiles import split_path as split_path
+    from fastpart.errors import FastpartError as FastpartError
+    from fastpart.evaluation import evaluate as evaluate
+    from fastpart.loader import Augment as Augment
+    from fastpart.loader import DeviceLoader as DeviceLoader
+    from fastpart.models import MODELS as MODELS
+    from fastpart.models import create_model as create_model
+    from fastpart.objectives import attack_loss_fn as attack_loss_fn
+    from fastpart.objectives import get_objective as get_objective
+    from fastpart.objectives import natural_probs as natural_probs
+    from fastpart.part import MaskSettings as MaskSettings
+    from fastpart.part import class_activation_maps as class_activation_maps
+    from fastpart.part import eps_levels as eps_levels
+    from fastpart.part import part_budget as part_budget
+    from fastpart.part import split_levels as split_levels
+    from fastpart.runfolder import load_run as load_run
+    from fastpart.training import train as train
 
 _EXPORTS = {
     "DeviceLoader": "fastpart.loader",
@@ -58,7 +89,15 @@ _EXPORTS = {
     "FastpartError": "fastpart.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # the names of _EXPORTS, spelled out for tools that read __all__ without running it
+    "__version__",
+    "DeviceLoader", "Augment", "read_split", "split_path", "create_model", "MODELS",
+    "MaskSettings", "eps_levels", "part_budget", "split_levels", "class_activation_maps",
+    "EpsLevels", "pgd", "apgd", "mma", "robust_accuracy", "robust_correct",
+    "get_objective", "attack_loss_fn", "natural_probs",
+    "METHODS", "TrainConfig", "EvalConfig", "ConvertConfig", "convert", "train", "evaluate", "load_run",
+    "FastpartError",
+]
 
 
 def __getattr__(name: str) -> Any:
