@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable, NoReturn, Sequence  # noqa: E402
 
 import fastpart  # noqa: E402
-from fastpart.config import GROUPS, budget_label, default_of, did_you_mean, options, parse_budget  # noqa: E402
+from fastpart.options import GROUPS, budget_label, default_of, did_you_mean, options, parse_budget  # noqa: E402
 from fastpart.errors import FastpartError  # noqa: E402
 
 LATEST_RUN = "runs/latest"  # where `fastpart train` writes by default, and what eval and report read by default
@@ -189,7 +189,8 @@ def _recorded_settings(path: str) -> dict[str, Any]:
     """The settings of a file (a run's config.json, --config FILE), each checked against its option: one line
     naming the file and the setting when one is not what its option takes."""
     from fastpart.atomic import check_record, schema_of
-    from fastpart.config import TrainConfig, from_mapping
+    from fastpart.config import TrainConfig
+    from fastpart.options import from_mapping
 
     try:
         values = from_mapping(TrainConfig, _read_settings(path), path)
@@ -204,7 +205,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
     The dataset defaults to the only one converted; impossible settings are one line."""
     from dataclasses import replace
 
-    from fastpart.config import TrainConfig, check_train, default_dataset, default_of, options
+    from fastpart.config import TrainConfig, check_train, default_dataset
 
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     defaults = {f.name: default_of(f) for f in options(TrainConfig)}
@@ -233,7 +234,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
 
 def check_dataset(data_dir: str, dataset: str) -> None:
     """One line when ``dataset`` is not converted under ``data_dir``: how to convert it, or the near names."""
-    from fastpart.config import converted_datasets, did_you_mean
+    from fastpart.config import converted_datasets
     from fastpart.data.datasets import DATASETS
 
     if (Path(data_dir) / dataset / "manifest.json").is_file():

@@ -8,7 +8,8 @@ durations as people read them.
 
 from __future__ import annotations
 
-from fastpart.config import METHODS, TrainConfig, budget_label
+from fastpart.config import METHODS, TrainConfig
+from fastpart.options import budget_label
 
 __all__ = ["LONG_ON_CPU", "describe", "duration", "estimate"]
 

@@ -38,7 +38,8 @@ import torch.nn as nn
 import fastpart
 from fastpart import distributed
 from fastpart.atomic import Field, check_record, output_error, schema_of, write_atomic, write_bytes_atomic
-from fastpart.config import TrainConfig, part_only, resume_may_change
+from fastpart.config import TrainConfig
+from fastpart.options import part_only, resume_may_change
 from fastpart.data.splitfiles import dataset_manifest
 from fastpart.errors import FastpartError
 from fastpart.models import create_model

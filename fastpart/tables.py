@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from fastpart.config import METHODS, TrainConfig, part_only
+from fastpart.config import METHODS, TrainConfig
+from fastpart.options import part_only
 from fastpart.records import PAPER_COLUMNS, RunRecords, is_number
 from fastpart.runfolder import RESUME_MAY_CHANGE
 

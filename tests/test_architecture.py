@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastpart"
 # kernels/, part/, attacks/) count as one module, except data/, whose modules are stages of their own.
 STAGES = [
     ["errors"],
+    ["options"],  # the option table's machinery, budgets as users write them
     ["config", "atomic", "modes", "averaging", "budgets"],
     ["precision", "schedules", "data.arrays"],
     ["data.splitfiles", "data.shapes", "data.imageops"],
