@@ -59,8 +59,9 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checksum", help="expected checksum of --source, as md5:<hex> or sha256:<hex>")
     p.add_argument("--out", default="data", help="output root; files go to <out>/<name>/ (default: %(default)s)")
     p.add_argument("--name", help="output folder name (default: the dataset name)")
-    p.add_argument("--format", default="beton", choices=["beton", "npz"],
-                   help="beton (ffcv) or npz (no ffcv needed) (default: %(default)s)")
+    p.add_argument("--format", default="auto", choices=["auto", "beton", "npz"],
+                   help="beton (ffcv) or npz (no ffcv needed); auto: the format of the conversion already there, "
+                   "else beton where ffcv is installed, npz otherwise (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even if a current conversion exists")
     p.add_argument("--n-train", type=int, help="generated datasets: training images (shapes: 5000)")
     p.add_argument("--n-test", type=int, help="generated datasets: test images (shapes: 1000)")

@@ -73,7 +73,7 @@ class ConvertConfig:
     checksum: str | None = None
     out: str = "data"
     name: str | None = None
-    format: str = "beton"
+    format: str = "auto"  # auto: .beton where ffcv is installed (or as the conversion already there), else .npz
     force: bool = False
     n_train: int | None = None
     n_test: int | None = None

@@ -22,6 +22,7 @@ STAGES = [
     ["data.corruptions", "data.sources"],
     ["data.readers"],
     ["data.datasets"],
+    ["data.fetch"],  # where a conversion's source comes from
     ["data.convert", "loader", "models", "kernels", "distributed"],
     ["part", "attacks", "objectives"],  # the mask stage; the attacks and their generators; the losses
     ["board", "step", "monitor", "runfolder"],  # one training step/epoch; training's own accuracy; the run folder
@@ -124,8 +125,10 @@ from fastpart.cli import main
 assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--format", "npz", "--out", r"{tmp_path}"]) == 0
 assert main(["train", "--dataset", "shapes", "--data-dir", r"{tmp_path}", "--model", "resnet18_cifar_w8", "--method", "at", "--epochs", "1",
              "--batch-size", "32", "--steps", "1", "--eval-steps", "1", "--out", r"{tmp_path / 'run'}"]) == 0
-assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--out", r"{tmp_path / 'b'}"]) == 2
+assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--out", r"{tmp_path / 'b'}"]) == 0  # auto
+assert main(["convert", "shapes", "--n-train", "8", "--n-test", "8", "--format", "beton", "--out", r"{tmp_path / 'c'}"]) == 2
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "ffcv is not installed: .npz files" in result.stdout and (tmp_path / "b" / "shapes" / "train.npz").is_file()
     assert "writing .beton needs ffcv" in result.stderr

@@ -268,3 +268,26 @@ def test_real_cifar10_jpeg_archive(real_cifar10):
     assert seconds < 120, f"reading and converting took {seconds:.1f} s"
     np.testing.assert_allclose(manifest["mean"], [0.4913, 0.4821, 0.4465], atol=2e-4)
     np.testing.assert_allclose(manifest["std"], [0.2452, 0.2428, 0.2606], atol=2e-4)
+
+
+def test_format_auto_writes_npz_without_ffcv_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert_module, "ffcv_installed", lambda: False)
+    assert run("shapes", "--n-train", 20, "--n-test", 10, "--out", tmp_path) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "ffcv is not installed: .npz files" in line and line.startswith("shapes: converted")
+    assert sorted(p.name for p in (tmp_path / "shapes").glob("*.*")) == ["manifest.json", "test.npz", "train.npz"]
+    assert not (tmp_path / ".shapes.partial").exists()
+    assert run("shapes", "--n-train", 20, "--n-test", 10, "--out", tmp_path) == 0  # reused, not rebuilt
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.requires_ffcv
+def test_format_auto_writes_beton_with_ffcv_and_reuses_a_conversion_in_either_format(tmp_path, capsys):
+    assert run("shapes", "--n-train", 20, "--n-test", 10, "--out", tmp_path / "a") == 0
+    assert json.loads((tmp_path / "a" / "shapes" / "manifest.json").read_text())["format"] == "beton"
+    assert "ffcv" not in capsys.readouterr().out
+    assert run("shapes", "--n-train", 20, "--n-test", 10, "--out", tmp_path / "b", "--format", "npz") == 0
+    capsys.readouterr()
+    assert run("shapes", "--n-train", 20, "--n-test", 10, "--out", tmp_path / "b") == 0  # auto keeps the npz
+    assert "up to date" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "shapes" / "manifest.json").read_text())["format"] == "npz"

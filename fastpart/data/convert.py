@@ -17,11 +17,9 @@ split by ``fastpart.data.corruptions``; its manifest then says ``"generated": tr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -29,10 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 import fastpart
-from fastpart.atomic import atomic_folder, atomic_path, hold, recover_folder, write_json_atomic
+from fastpart.atomic import atomic_folder, hold, recover_folder, write_json_atomic
 from fastpart.config import ConvertConfig
 from fastpart.data.corruptions import CORRUPTIONS, generate_cifar10c
-from fastpart.data.datasets import DatasetInfo, ReadResult, SourceFile, SplitData, file_checksum, get_dataset
+from fastpart.data.datasets import DatasetInfo, ReadResult, SplitData, file_checksum, get_dataset
+from fastpart.data.fetch import fingerprint, is_official, resolve_source
 from fastpart.data.imageops import spooling
 from fastpart.errors import DatasetError, FastpartError
 from fastpart.data.splitfiles import MANIFEST, load_manifest, read_split, write_beton, write_npz
@@ -46,99 +45,7 @@ class ConvertResult:
     out_dir: Path
     manifest: dict[str, Any]
     reused: bool
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources: where the input files come from
-# ---------------------------------------------------------------------------------------------
-
-
-def downloads_dir(out: Path) -> Path:
-    return out / "downloads"
-
-
-def fingerprint(path: Path) -> str:
-    """sha256 of a file, or of a folder's sorted (relative path, file sha256) list."""
-    if path.is_file():
-        return file_checksum(path, "sha256")
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_checksum(file, 'sha256')}\n".encode())
-    return "sha256-tree:" + digest.hexdigest()
-
-
-def check_checksum(path: Path, expected: str) -> None:
-    algorithm, _, _ = expected.partition(":")
-    if algorithm not in ("md5", "sha256") or not path.is_file():
-        raise DatasetError(f"cannot check {expected!r} against {path}: use md5:<hex> or sha256:<hex> on a file")
-    actual = file_checksum(path, algorithm)
-    if actual != expected.lower():
-        raise DatasetError(f"checksum mismatch for {path}: expected {expected}, got {actual}")
-
-
-def download(source: SourceFile, dest_dir: Path, mirror: str | None = None) -> Path:
-    """Fetch one official file (or ``<mirror>/<filename>``), verify its checksum, store it atomically."""
-    url = f"{mirror.rstrip('/')}/{source.filename}" if mirror else source.url
-    dest = dest_dir / source.filename
-    if dest.is_file() and file_checksum(dest, source.checksum.split(":")[0]) == source.checksum:
-        return dest
-    try:
-        with atomic_path(dest) as tmp:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                size = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {source.filename}") as bar:
-                    while chunk := response.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            check_checksum(tmp, source.checksum)
-    except OSError as exc:
-        raise DatasetError(f"download of {url} failed: {exc}") from None
-    except DatasetError as exc:
-        raise DatasetError(f"download of {url}: {exc}") from None
-    return dest
-
-
-def missing_source_message(info: DatasetInfo, out: Path) -> str:
-    names = ", ".join(f"{s.filename} ({s.url})" for s in info.sources)
-    return (
-        f"{info.name}: no source given. Obtain {names}, put it in {downloads_dir(out)}/ "
-        f"or pass --source PATH (or --download where a network exists)"
-    )
-
-
-def resolve_source(info: DatasetInfo, cfg: ConvertConfig) -> Path | None:
-    """The local file or folder to read, fetching it first when asked to."""
-    if info.generated:
-        if cfg.source is not None:
-            raise DatasetError(f"{info.name} is generated; it takes no --source")
-        return None
-    if cfg.source is None and not info.sources:
-        raise DatasetError(f"{info.name} needs --source FOLDER_OR_ARCHIVE")
-    if cfg.source is not None:
-        source = Path(cfg.source)
-        if not source.exists():
-            raise DatasetError(f"source not found: {source}")
-        if not (source.is_file() or source.is_dir()):  # a FIFO or a device would block or never end
-            raise DatasetError(f"source is neither a regular file nor a folder: {source}")
-        if cfg.checksum:
-            check_checksum(source, cfg.checksum)
-        return source
-    local = downloads_dir(Path(cfg.out))
-    if cfg.download:
-        paths = [download(s, local, cfg.mirror) for s in info.sources]
-        return paths[0] if len(paths) == 1 else local
-    if all((local / s.filename).is_file() for s in info.sources):
-        return local / info.sources[0].filename if len(info.sources) == 1 else local
-    raise DatasetError(missing_source_message(info, Path(cfg.out)))
-
-
-def is_official(info: DatasetInfo, source: Path | None) -> bool | None:
-    """Whether a source file is byte-identical to the official one; None where that cannot be told."""
-    official = {s.filename: s.checksum for s in info.sources}
-    if source is None or not source.is_file() or source.name not in official:
-        return None
-    expected = official[source.name]
-    return file_checksum(source, expected.split(":")[0]) == expected
+    note: str = ""  # how --format auto chose, when it matters
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,17 +289,41 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
     One conversion at a time per output folder: the whole conversion holds ``<cfg.out>/.<name>.lock``
     (beside the folder, which a failed conversion removes); a second one gets ``FolderBusy``."""
     info = get_dataset(cfg.dataset)
-    if cfg.format not in SUFFIX:
-        raise FastpartError(f"unknown format {cfg.format!r}; choose from {', '.join(SUFFIX)}")
+    if cfg.format not in (*SUFFIX, "auto"):
+        raise FastpartError(f"unknown format {cfg.format!r}; choose from auto, {', '.join(SUFFIX)}")
     if cfg.generate_from is None and cfg.data_dir is not None:
         raise FastpartError("--data-dir goes with --generate-from only")
     name = cfg.name or info.name
     out_dir = Path(cfg.out) / name
     with hold(Path(cfg.out) / f".{name}.lock", f"the output folder {out_dir}"):
         recover_folder(out_dir)  # what a killed conversion left: the previous conversion whole again
+        cfg, note = chosen_format(cfg, out_dir)
         if cfg.generate_from is not None:
-            return convert_generated(info, name, out_dir, cfg)
-        return convert_source(info, name, out_dir, cfg)
+            result = convert_generated(info, name, out_dir, cfg)
+        else:
+            result = convert_source(info, name, out_dir, cfg)
+    return replace(result, note=note)
+
+
+def ffcv_installed() -> bool:
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chosen_format(cfg: ConvertConfig, out_dir: Path) -> tuple[ConvertConfig, str]:
+    """--format auto: the format of the conversion already in ``out_dir`` (so that it is reused), else .beton where
+    ffcv is installed and .npz otherwise. Returns the config with its format and a note when .npz was chosen."""
+    if cfg.format != "auto":
+        return cfg, ""
+    previous = (load_manifest(out_dir) or {}).get("format")
+    if previous in SUFFIX and not cfg.force:
+        return replace(cfg, format=previous), ""
+    if ffcv_installed():
+        return replace(cfg, format="beton"), ""
+    return replace(cfg, format="npz"), "ffcv is not installed: .npz files (pip install 'fastpart[ffcv]' for .beton)"
 
 
 def convert_source(info: DatasetInfo, name: str, out_dir: Path, cfg: ConvertConfig) -> ConvertResult:
@@ -438,4 +369,5 @@ def summary(result: ConvertResult) -> str:
     if m.get("generated_from"):
         g = m["generated_from"]
         note = f"; generated from {g['name']} {g['split']} with seed {m['seed']}, not the official files"
+    note += f"; {result.note}" if result.note else ""
     return f"{m['name']}: {verb} in {result.out_dir} ({counts}; {m['num_classes']} classes; {shape}{note}{dropped})"
