@@ -75,7 +75,9 @@ def _results(results: dict[str, Any]) -> str | None:
 
 # What `fastpart train` writes as env.json and `fastpart eval` as eval.json (fields added later are optional).
 ENV_SCHEMA = {"versions": Field((dict,), False, map_of(str, type(None))), "device": Field((str,)),
-              "device_name": Field((str,)), "cpu_count": Field((int, type(None))), "world_size": Field((int,))}
+              "device_name": Field((str,)), "cpu_count": Field((int, type(None))), "world_size": Field((int,)),
+              "threads": Field((int,)), "interop_threads": Field((int,)), "command": Field((list,), False, list_of(str)),
+              "source_revision": Field((str, type(None))), "hostname": Field((str,))}
 EVAL_SCHEMA = {
     "results": Field((dict,), True, _results), "n": Field((int,)), "epoch": Field((int,)), "seed": Field((int,)),
     "eps": Field((float,)), "alpha": Field((float,)), "precision": Field((str,)), "device": Field((str,)),

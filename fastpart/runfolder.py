@@ -26,6 +26,9 @@ import math
 import os
 import platform
 import re
+import socket
+import subprocess
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, replace
@@ -84,7 +87,25 @@ def environment(device: torch.device) -> dict[str, Any]:
             versions[name] = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"versions": versions, "device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
-            "world_size": distributed.world_size()}
+            "world_size": distributed.world_size(), "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "command": list(sys.argv),
+            "source_revision": source_revision(), "hostname": socket.gethostname()}
+
+
+def source_revision(folder: Path = Path(fastpart.__file__).resolve().parent) -> str | None:
+    """The git commit of the fastpart source that runs (``+dirty`` when files differ from it); None outside a
+    git checkout (an installed wheel) or without git."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != folder.parent:
+            return None  # a checkout of something else holds this installed package
+        revision = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(folder))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return revision + ("+dirty" if dirty else "")
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

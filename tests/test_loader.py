@@ -197,3 +197,21 @@ def test_split_path_prefers_beton_then_npz(tmp_path):
     assert split_path(tmp_path, "toy", "train") == folder / "train.npz"
     (folder / "train.beton").write_bytes(b"")
     assert split_path(tmp_path, "toy", "train") == folder / "train.beton"
+
+
+@pytest.mark.requires_ffcv
+def test_streaming_a_beton_keeps_torchs_thread_count(files):
+    """ffcv sets torch's threads to its worker count (loader, iterator, its thread): fastpart keeps the caller's, so
+    that a run's arithmetic does not depend on the loading path (2 threads after the first batch, under 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loader = DeviceLoader(files["beton"], batch_size=64, shuffle=True, backend="ffcv", num_workers=2)
+        assert torch.get_num_threads() == 1
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for _ in loader:
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import fastpart
 from fastpart.cli import main
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
@@ -37,9 +44,23 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
     assert history[-1]["test_pgd20_acc"] <= history[-1]["test_natural_acc"]
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "resnet18_cifar_w8" and config["milestones"] == [3]
-    assert json.loads((run / "env.json").read_text())["versions"]["torch"] == torch.__version__
+    env = json.loads((run / "env.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__
+    assert env["threads"] == 1 and env["command"] == sys.argv and env["hostname"] == socket.gethostname()
+    assert env["source_revision"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["source_revision"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 4 and state["scheduler"]["last_epoch"] == 4
+
+
+def test_source_revision_is_the_checkout_of_the_package_or_none(tmp_path):
+    from fastpart.runfolder import source_revision
+
+    here = source_revision()
+    if shutil.which("git") and (Path(fastpart.__file__).resolve().parents[1] / ".git").exists():
+        head = subprocess.run(["git", "-C", str(Path(fastpart.__file__).parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert here is not None and here.split("+")[0] == head
+    assert source_revision(tmp_path) is None  # not a git checkout (an installed wheel)
 
 
 def test_paper_defaults_fill_unset_options():

@@ -91,7 +91,9 @@ class FfcvSource:
                  num_workers: int = 0, drop_last: bool = True) -> None:
         check_row_indices(path)  # aux and subsets are looked up by the streamed index
         self.path, self.device, self.subset = path, device, subset
+        self._threads = torch.get_num_threads()  # ffcv sets torch's to its worker count: kept as they were
         self._loader = self._make_loader(num_workers, batch_size, drop_last)
+        self._keep_threads()
         total = len(self._loader.indices)
         _checked_rows(subset, total, path)
         self.num_samples = total if subset is None else len(subset)
@@ -100,6 +102,10 @@ class FfcvSource:
             self._subset_index[torch.from_numpy(subset).to(device)] = torch.arange(len(subset), device=device)
         meta = self._loader.reader.metadata["f0"]
         self.image_shape = (int(meta["height"][0]), int(meta["width"][0]), 3)
+
+    def _keep_threads(self) -> None:
+        if torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
 
     @staticmethod
     def split_bytes(path: Path) -> int:
@@ -135,6 +141,7 @@ class FfcvSource:
         rows = order.numpy() if self.subset is None else self.subset[order.numpy()]
         self._loader.traversal_order.indices = rows.astype(np.uint64)
         for images, labels, indices in self._loader:
+            self._keep_threads()  # set again by ffcv's iterator and its thread
             indices = indices.long()
             yield images, labels.long(), indices if self.subset is None else self._subset_index[indices]
 
