@@ -102,6 +102,11 @@ def budget_type(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def names_type(text: str) -> tuple[str, ...]:
+    """'natural, pgd20,aa' -> ('natural', 'pgd20', 'aa')."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _shown_default(f) -> str | None:
     shown, default = f.metadata["shown"], default_of(f)
     if shown is False or default is None or f.metadata["kind"] == "flag":
@@ -119,7 +124,8 @@ def add_options(p: argparse.ArgumentParser, config_class: type) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}
     kinds = {"int": dict(type=int), "float": dict(type=float), "budget": dict(type=budget_type, metavar="EPS"),
              "flag": dict(action="store_true"), "ints": dict(type=int, nargs="*"),
-             "budgets": dict(type=budget_type, nargs="+", metavar="EPS"), "str": {}, "names": {}}
+             "budgets": dict(type=budget_type, nargs="+", metavar="EPS"), "str": {},
+             "names": dict(type=names_type, metavar="A,B,...")}
     for f in options(config_class):
         meta = f.metadata
         if meta["group"] not in groups:
@@ -186,18 +192,19 @@ def _read_settings(path: str) -> dict[str, Any]:
     return values
 
 
-def _recorded_settings(path: str) -> dict[str, Any]:
-    """The settings of a file (a run's config.json, --config FILE), each checked against its option: one line
-    naming the file and the setting when one is not what its option takes."""
+def _recorded_settings(path: str, config_class: type | None = None) -> dict[str, Any]:
+    """The settings of a file (a run's config.json, --config FILE) for ``config_class`` (default TrainConfig), each
+    checked against its option: one line naming the file and the setting when one is not what its option takes."""
     from fastpart.atomic import check_record, schema_of
     from fastpart.config import TrainConfig
     from fastpart.options import from_mapping
 
+    config_class = config_class or TrainConfig
     try:
-        values = from_mapping(TrainConfig, _read_settings(path), path)
+        values = from_mapping(config_class, _read_settings(path), path)
     except FastpartError as exc:
         raise FastpartError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
-    return check_record(values, schema_of(TrainConfig), path)
+    return check_record(values, schema_of(config_class), path)
 
 
 def train_config(args: argparse.Namespace) -> tuple[Any, set[str]]:
@@ -278,16 +285,16 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    from fastpart.config import DEFAULT_EVAL_ATTACKS, PRECISIONS, EvalConfig
+    from fastpart.config import EvalConfig
 
-    d = EvalConfig(run="")
     p = sub.add_parser(
         "eval",
         allow_abbrev=False,
         help="robust accuracy of a trained run: natural, PGD-20, MMA, AutoAttack, adaptive, CIFAR-10-C, checks",
         description="Evaluate a run folder (or checkpoint) on its dataset's test split; prints a table and writes "
         "eval.json and eval.csv (the paper-table row) to the run folder. Progress is saved after every batch: "
-        "run the same command again to resume.",
+        "run the same command again to resume. Settings come from the defaults, then --config FILE, then the "
+        "options given.",
         epilog="attacks: natural, pgd<k> (pgd20), mma, mma-ref, aa (AutoAttack standard), aa-fast (APGD-CE + APGD-T, "
         "not standard AA), aa-apgd-ce, aa-apgd-t, aa-fab-t, aa-square, adaptive[<k>], adaptive-mma, eps-curve, "
         "cifar10c, checks",
@@ -295,44 +302,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", nargs="?", default="",
                    help="run folder written by `fastpart train`, or its checkpoint.pt (default: runs/latest, where "
                    "`fastpart train` writes by default; omit with --checkpoint FILE)")
-    p.add_argument("--checkpoint", default=d.checkpoint, metavar="last|best|FILE",
-                   help="the run's last checkpoint, its best validation epoch (best.pt, trained with --val-n), or a "
-                   "plain state dict fastpart did not write, e.g. a RobustBench zoo file (then --model, --dataset) "
-                   "(default: %(default)s)")
-    p.add_argument("--weights", default=d.weights, choices=["live", "ema"],
-                   help="the trained weights, or their moving average (trained with --ema) (default: %(default)s)")
-    p.add_argument("--model", help="with --checkpoint FILE: the registered architecture of the state dict")
-    p.add_argument("--dataset", help="with --checkpoint FILE: the converted dataset to evaluate on (under --data-dir)")
-    p.add_argument("--normalize", metavar="MEAN,STD",
-                   help="with --checkpoint FILE: the model's input normalisation, MEAN,STD or M1,M2,M3,S1,S2,S3 or "
-                   "'dataset' (the dataset's statistics); default: none, the model takes [0, 1] images")
-    p.add_argument("--attacks", default=",".join(DEFAULT_EVAL_ATTACKS), help="comma-separated (default: %(default)s)")
-    p.add_argument("--n", type=int, help="evaluate a seeded subset of N test images (default: all)")
-    p.add_argument("--aa-n", type=int, metavar="N",
-                   help="run the aa attacks on a seeded subset of N of the evaluated images (default: all of them)")
-    p.add_argument("--aa-backend", default=d.aa_backend, choices=["fast", "reference"],
-                   help="AutoAttack: fast (fastpart's: the reference's verdicts, settled points leave early; the "
-                   "reference itself where the model's results depend on the batch) or reference (pyautoattack as "
-                   "it is) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="subset and attack seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                   help="autocast precision of the model under attack (default: %(default)s)")
-    p.add_argument("--data-dir", help="where the converted dataset lives (default: the run's --data-dir)")
-    p.add_argument("--out", help="folder for eval.json / eval.csv (default: the run folder)")
-    p.add_argument("--eps", type=float, default=d.eps, help="L-inf budget (default: 8/255)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="PGD step (default: 2/255)")
-    p.add_argument("--adaptive-eps", type=float, default=d.adaptive_eps,
-                   help="adaptive attacks: budget of the CAM-important pixels (default: 12/255)")
-    p.add_argument("--adaptive-eps-low", type=float, default=d.adaptive_eps_low,
-                   help="adaptive attacks: budget of the other pixels (default: 8/255)")
-    p.add_argument("--eps-curve", type=float, nargs="+", default=list(d.eps_curve),
-                   help="eps values of eps-curve and checks (default: 0 to 16/255)")
-    p.add_argument("--surrogate", metavar="RUN", help="checks: another run whose PGD-20 examples are transferred")
-    p.add_argument("--c-data-dir", help="cifar10c: where the converted CIFAR-10-C lives (default: --data-dir)")
-    p.add_argument("--c-dataset", default=d.c_dataset, help="cifar10c: its folder name (default: %(default)s)")
-    p.add_argument("--restart", action="store_true", help="ignore saved progress and start afresh")
+    files = p.add_argument_group("settings from files")
+    files.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (keys: the option names, "
+                       "e.g. attacks = [\"natural\", \"pgd20\"], eps = \"8/255\"); options given here override it")
+    add_options(p, EvalConfig)
     p.set_defaults(handler=run_eval)
 
 
@@ -363,16 +336,23 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def eval_config(args: argparse.Namespace) -> Any:
+    """The EvalConfig of a command line, without importing torch: defaults < --config FILE < flags; RUN defaults
+    to runs/latest unless --checkpoint names a file."""
     from fastpart.config import EvalConfig
+
+    values = _recorded_settings(args.config, EvalConfig) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
+    if not values["run"] and values.get("checkpoint", "last") in ("last", "best"):
+        values["run"] = LATEST_RUN
+    return EvalConfig(**values)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    cfg = eval_config(args)
     from fastpart.evaluation import evaluate, table
 
-    fields = {k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__}
-    if not fields["run"] and args.checkpoint in ("last", "best"):
-        fields["run"] = LATEST_RUN
-    fields["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
-    fields["eps_curve"] = tuple(args.eps_curve)
-    print(table(evaluate(EvalConfig(**fields))))
+    print(table(evaluate(cfg)))
     return 0
 
 

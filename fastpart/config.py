@@ -221,33 +221,54 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """``fastpart eval`` settings; ``None`` means: take it from the run (its data folder, eps)."""
+    """``fastpart eval`` settings; ``None`` means: take it from the run (its data folder, eps). ``run`` is the
+    positional RUN (a run folder or its checkpoint.pt; "" with --checkpoint FILE)."""
 
     run: str
-    attacks: tuple[str, ...] = DEFAULT_EVAL_ATTACKS
-    checkpoint: str = "last"  # last, best, or a state-dict file fastpart did not write (then model and dataset)
-    weights: str = "live"  # live or ema
-    model: str | None = None  # a plain state dict's architecture
-    dataset: str | None = None  # ... and the converted dataset it is evaluated on
-    normalize: str | None = None  # ... and its input normalisation: MEAN/STD (3 values each) or a dataset name
-    n: int | None = None
-    aa_n: int | None = None  # AutoAttack items on a seeded subset of this many of the evaluated images
-    aa_backend: str = "fast"  # fastpart.attacks.autoattack: fast (the reference's verdicts) or reference
-    seed: int = 0
-    batch_size: int = 256
-    device: str = "auto"
-    precision: str = "fp32"
-    data_dir: str | None = None
-    out: str | None = None
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    adaptive_eps: float = 12 / 255
-    adaptive_eps_low: float = 8 / 255
-    eps_curve: tuple[float, ...] = (0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255, 12 / 255, 16 / 255)
-    surrogate: str | None = None
-    c_data_dir: str | None = None
-    c_dataset: str = "cifar10c"
-    restart: bool = False
+    # data
+    checkpoint: str = option("last", "the run's last checkpoint, its best validation epoch (best.pt, trained with "
+                             "--val-n), or a plain state dict fastpart did not write, e.g. a RobustBench zoo file "
+                             "(then --model, --dataset)", "data", metavar="last|best|FILE")
+    weights: str = option("live", "the trained weights, or their moving average (trained with --ema)", "data",
+                          choices=("live", "ema"))
+    model: str | None = option(None, "with --checkpoint FILE: the registered architecture of the state dict", "data")
+    dataset: str | None = option(None, "with --checkpoint FILE: the converted dataset to evaluate on (under "
+                                 "--data-dir)", "data")
+    normalize: str | None = option(None, "with --checkpoint FILE: the model's input normalisation, MEAN,STD or "
+                                   "M1,M2,M3,S1,S2,S3 or 'dataset' (the dataset's statistics); default: none, the "
+                                   "model takes [0, 1] images", "data", metavar="MEAN,STD")
+    data_dir: str | None = option(None, "where the converted dataset lives (default: the run's --data-dir)", "data")
+    c_data_dir: str | None = option(None, "cifar10c: where the converted CIFAR-10-C lives (default: --data-dir)",
+                                    "data")
+    c_dataset: str = option("cifar10c", "cifar10c: its folder name", "data")
+    # evaluation
+    attacks: tuple[str, ...] = option(DEFAULT_EVAL_ATTACKS, "comma-separated (the list below)", "evaluation", "names",
+                                      shown=",".join(DEFAULT_EVAL_ATTACKS))
+    n: int | None = option(None, "evaluate a seeded subset of N test images (default: all)", "evaluation", "int",
+                           metavar="N")
+    aa_n: int | None = option(None, "run the aa attacks on a seeded subset of N of the evaluated images (default: "
+                              "all of them)", "evaluation", "int", metavar="N")
+    aa_backend: str = option("fast", "AutoAttack: fast (fastpart's: the reference's verdicts, settled points leave "
+                             "early; the reference itself where the model's results depend on the batch) or "
+                             "reference (pyautoattack as it is)", "evaluation", choices=("fast", "reference"))
+    seed: int = option(0, "subset and attack seed", "evaluation", "int")
+    eps: float = option(8 / 255, "L-inf budget", "evaluation", "budget")
+    alpha: float = option(2 / 255, "PGD step", "evaluation", "budget")
+    adaptive_eps: float = option(12 / 255, "adaptive attacks: budget of the CAM-important pixels", "evaluation",
+                                 "budget")
+    adaptive_eps_low: float = option(8 / 255, "adaptive attacks: budget of the other pixels", "evaluation", "budget")
+    eps_curve: tuple[float, ...] = option((0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255, 12 / 255, 16 / 255),
+                                          "budgets of eps-curve and checks", "evaluation", "budgets",
+                                          shown="0 to 16/255")
+    surrogate: str | None = option(None, "checks: another run whose PGD-20 examples are transferred", "evaluation",
+                                   metavar="RUN")
+    # fast path
+    batch_size: int = option(256, "images per batch", "fast", "int")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto", "fast")
+    precision: str = option("fp32", "autocast precision of the model under attack", "fast", choices=PRECISIONS)
+    # output
+    out: str | None = option(None, "folder for eval.json / eval.csv (default: the run folder)", "output")
+    restart: bool = option(False, "ignore saved progress and start afresh", "output", "flag")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

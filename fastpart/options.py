@@ -121,6 +121,8 @@ def from_mapping(config_class: type, values: dict[str, Any], source: str) -> dic
             value = parse_budget(value)
         elif kind == "budgets" and value is not None:
             value = tuple(parse_budget(v) for v in value)
+        elif kind == "names" and isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
         elif isinstance(value, list):
             value = tuple(value)
         out[name] = value
