@@ -8,7 +8,8 @@
 #   methods: at, part, trades, part-trades, mart, part-mart
 #   --seeds: one run per seed (<out>_seed<S>) and a report over them with Table 1's mean +- std (<out>_seeds/);
 #            one seed (the default, 0): one run in <out>.
-#   --smoke: the same steps at tiny scale on the CPU (generated shapes data, width-8 ResNet-18, 2 epochs).
+#   --smoke: the same steps at tiny scale on the CPU (generated shapes data, width-8 ResNet-18, 2 epochs; AutoAttack's
+#            quick subset APGD-CE + APGD-T on 8 images).
 # The per-row recipes beside this file (cifar10_part.sh, svhn_at.sh, ...) call it with their dataset and method.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -47,7 +48,7 @@ for seed in "${seed_list[@]}"; do
         "$fastpart" train --dataset shapes --data-dir "$data" --model resnet18_cifar_w8 --method "$method" \
             --epochs 2 "${part_smoke[@]}" --batch-size 64 --steps 2 --eval-steps 2 --seed "$seed" \
             --out "$run" --resume
-        "$fastpart" eval "$run" --attacks natural,pgd20,mma,aa --n 16 --batch-size 16 --device cpu
+        "$fastpart" eval "$run" --attacks natural,pgd20,mma,aa-fast --n 16 --aa-n 8 --batch-size 16 --device cpu
     else
         "$fastpart" train --dataset "$dataset" --data-dir "$data" --method "$method" --epochs 80 "${part_paper[@]}" \
             --eval-every 10 --seed "$seed" --out "$run" --resume

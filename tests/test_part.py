@@ -78,7 +78,7 @@ def test_important_pixels_overlap_the_objects(part_run, data_dir):
 @pytest.mark.parametrize("method", ["part-trades", "part-mart"])
 def test_part_trades_and_part_mart_train(method, data_dir, tmp_path):
     assert main(["train", *COMMON, "--method", method, "--epochs", "2", "--burn-in", "1", "--mask-freq", "1",
-                 "--eval-n", "100", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
+                 "--train-n", "800", "--eval-n", "100", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     h = history(tmp_path)
     assert [r["phase"] for r in h] == ["burn-in", "masked"]
     assert all(0 < r["loss"] < 50 for r in h)
@@ -88,7 +88,7 @@ def test_part_trades_and_part_mart_train(method, data_dir, tmp_path):
 @pytest.mark.slow
 def test_per_batch_masks_without_cache(data_dir, tmp_path):
     assert main(["train", *COMMON, "--method", "part", "--epochs", "2", "--burn-in", "1", "--mask-freq", "0",
-                 "--eval-n", "64", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
+                 "--train-n", "800", "--eval-n", "64", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     h = history(tmp_path)
     assert "mask_seconds" not in h[1] and 0.0 < h[1]["important_fraction"] < 1.0
     assert not (tmp_path / "masks").exists() or not list((tmp_path / "masks").glob("*.masks"))

@@ -57,7 +57,8 @@ def test_smoke(name, data, tmp_path):
     assert json.loads((run / "config.json").read_text())["method"] == method
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     record = json.loads((run / "eval.json").read_text())
-    assert list(record["results"]) == ["natural", "pgd20", "mma", "aa"] and record["n"] == 16
+    assert list(record["results"]) == ["natural", "pgd20", "mma", "aa-fast"] and record["n"] == 16
+    assert record["results"]["aa-fast"]["n"] == 8
     assert (run / "eval.csv").read_text().splitlines()[1].startswith(f"{method},shapes,resnet18_cifar_w8,")
     assert result.stdout.strip().splitlines()[-1] == str(run / "report" / "report.md")
     assert (run / "report" / "report.md").is_file()
@@ -95,11 +96,14 @@ def test_smoke_of_the_gpu_study_and_the_paired_cpu_study_it_runs(tmp_path):
     assert steps[0].startswith("study: exit 0") and steps[1].startswith("study-rest: exit 0")
     for method in ("at", "part"):
         record = json.loads((out / f"{method}-eval.json").read_text())
-        assert record["method"] == method and record["results"]["aa"]["n"] == 4 and record["results"]["natural"]["n"] == 16
+        assert record["method"] == method and record["results"]["aa-fast"]["n"] == 4 and record["results"]["natural"]["n"] == 16
     assert "## PART against its base, paired by seed" in (out / "report.md").read_text()
     with tarfile.open(out / "rest.tar.gz") as archive:
         names = archive.getnames()
-    assert any(n.endswith("study/command.txt") for n in names) and any(n.endswith("study-rest.log") for n in names)
+        command = next(n for n in names if n.endswith("study/command.txt"))
+        recorded = archive.extractfile(command).read().decode()
+    assert "cpu_study.sh" in recorded and "--smoke" in recorded and "--out" in recorded  # the options as given
+    assert any(n.endswith("study-rest.log") for n in names)
     assert not any(n.endswith(".pt") for n in names)  # no checkpoints come back
 
 
