@@ -10,13 +10,17 @@ The public API (``__all__``), for use in your own training loops; every name is 
               split_levels, eps_levels          ... of a whole split; CAMs -> levels
               class_activation_maps             batched GradCAM / XGradCAM / LayerCAM
     attack    EpsLevels, pgd, apgd, mma         mask-weighted PGD, APGD, the minimum-margin attack
+              PGD, PARTAttack                   the same as objects: attack(x, y) -> x_adv; PART's own budget
               robust_accuracy, robust_correct   what counts as robust (one definition)
-    objective get_objective, attack_loss_fn,    AT / TRADES / MART losses; the methods (PART, PART-T, ...)
+    objective get_objective, attack_loss_fn,    AT / TRADES / MART losses, by method name (part, part-trades, ...)
               natural_probs, METHODS
+    step      train_step                        one attack + optimizer step, as ``fastpart train`` runs it
     runs      TrainConfig, EvalConfig, ConvertConfig, convert, train, evaluate, load_run
     errors    FastpartError                     every error meant for users: one line
 
-Units: images are float tensors in [0, 1], (B, 3, H, W); budgets (eps) are in the same units (8/255).
+Units: images are float tensors in [0, 1], (B, 3, H, W); budgets (eps) are in the same units (8/255). The
+attacks default to the field's settings (eps 8/255, alpha 2/255, 10 PGD steps) and refuse, with a one-line
+``ValueError``, a budget above 1 (8 for 8/255), images outside [0, 1] (0-255) and float labels.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__ loads each name on first use
     from fastpart.attacks.apgd import apgd as apgd
     from fastpart.attacks.mma import mma as mma
+    from fastpart.attacks.objects import PGD as PGD
+    from fastpart.part_attack import PARTAttack as PARTAttack
     from fastpart.attacks.pgd import pgd as pgd
     from fastpart.attacks.robust import robust_accuracy as robust_accuracy
     from fastpart.attacks.robust import robust_correct as robust_correct
@@ -55,6 +61,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from fastpart.part import part_budget as part_budget
     from fastpart.part import split_levels as split_levels
     from fastpart.runfolder import load_run as load_run
+    from fastpart.step import train_step as train_step
     from fastpart.training import train as train
 
 _EXPORTS = {
@@ -73,11 +80,14 @@ _EXPORTS = {
     "pgd": "fastpart.attacks.pgd",
     "apgd": "fastpart.attacks.apgd",
     "mma": "fastpart.attacks.mma",
+    "PGD": "fastpart.attacks.objects",
+    "PARTAttack": "fastpart.part_attack",
     "robust_accuracy": "fastpart.attacks.robust",
     "robust_correct": "fastpart.attacks.robust",
     "get_objective": "fastpart.objectives",
     "attack_loss_fn": "fastpart.objectives",
     "natural_probs": "fastpart.objectives",
+    "train_step": "fastpart.step",
     "METHODS": "fastpart.config",
     "TrainConfig": "fastpart.config",
     "EvalConfig": "fastpart.config",
@@ -93,8 +103,8 @@ __all__ = [  # the names of _EXPORTS, spelled out for tools that read __all__ wi
     "__version__",
     "DeviceLoader", "Augment", "read_split", "split_path", "create_model", "MODELS",
     "MaskSettings", "eps_levels", "part_budget", "split_levels", "class_activation_maps",
-    "EpsLevels", "pgd", "apgd", "mma", "robust_accuracy", "robust_correct",
-    "get_objective", "attack_loss_fn", "natural_probs",
+    "EpsLevels", "pgd", "apgd", "mma", "PGD", "PARTAttack", "robust_accuracy", "robust_correct",
+    "get_objective", "attack_loss_fn", "natural_probs", "train_step",
     "METHODS", "TrainConfig", "EvalConfig", "ConvertConfig", "convert", "train", "evaluate", "load_run",
     "FastpartError",
 ]

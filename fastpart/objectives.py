@@ -35,14 +35,14 @@ Around the losses, each objective also follows its authors' code (``Objective.st
 
 Methods (``fastpart.config.METHODS``): at, trades, mart, and their pixel-reweighted versions part,
 part-trades, part-mart (PART, PART-T, PART-M: the same objective, PGD inside PART's per-pixel budget after
-the burn-in).
+the burn-in); ``get_objective`` takes any of them.
 
 Example:
     objective = get_objective("trades")
     logits_nat = model(x)  # eval mode
     probs = natural_probs(logits_nat)
-    x_adv = pgd(model, x, y, eps, alpha, steps, loss_fn=attack_loss_fn(objective, probs), start=objective.start)
-    loss = objective.loss(model(x_adv), model(x), y, objective.beta)  # train mode
+    x_adv = pgd(model, x, y, loss_fn=attack_loss_fn(objective, probs), start=objective.start)  # 8/255, 2/255, 10
+    loss = objective.loss(model(x_adv), model(x), y)  # train mode; beta: the objective's own (6), or given
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from fastpart.config import METHODS
 from fastpart.errors import FastpartError
+from fastpart.options import did_you_mean
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 TrainLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, float], torch.Tensor]
@@ -156,11 +158,16 @@ class Objective:
     start: str  # PGD start (fastpart.attacks.pgd.STARTS): "uniform" (AT) or "normal-unclipped" (TRADES, MART)
     needs_natural_logits: bool  # the training loss uses f(x)
     attack_loss: AttackLoss  # (logits_adv, y, natural_probs | None) -> per-sample losses (B,)
-    loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss
+    train_loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss; see loss
     beta: float = 0.0
     attack_needs_natural_probs: bool = False  # the attack uses softmax(f(x)) (TRADES): compute it first
     forwards: tuple[str, ...] = ("adv",)  # train-mode forwards in order ("nat": x, "adv": x'); a repeat is replayed
     released_start: str = ""  # the released PART code's start under PART's mask ("": ``start``)
+
+    def loss(self, logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor,
+             beta: float | None = None) -> torch.Tensor:
+        """The scalar batch-mean training loss; ``beta`` None: the objective's own (``self.beta``)."""
+        return self.train_loss(logits_adv, logits_nat, y, self.beta if beta is None else beta)
 
     def start_for(self, numerics: str = "official", masked: bool = False) -> str:
         """PGD's start under ``numerics`` (``fastpart.config.NUMERICS``) in the burn-in or under PART's mask."""
@@ -178,12 +185,16 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def get_objective(name: str) -> Objective:
-    """The ``Objective`` of a base method: ``at``, ``trades`` or ``mart`` (``fastpart.config.METHODS`` maps PART's
-    names to them)."""
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise FastpartError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}") from None
+    """The ``Objective`` of a method: a base method (``at``, ``trades``, ``mart``) or any name of
+    ``fastpart.config.METHODS``, whose base it is (``part`` -> at, ``part-trades`` -> trades, ``part-mart`` -> mart).
+    An unknown name: ``FastpartError``, one line, with the closest name."""
+    if isinstance(name, str):
+        base = METHODS[name].objective if name in METHODS else name  # at, trades and mart are their own base
+        if base in OBJECTIVES:
+            return OBJECTIVES[base]
+    choices = list(dict.fromkeys([*OBJECTIVES, *METHODS]))
+    raise FastpartError(f"unknown objective {name!r}{did_you_mean(str(name), choices)}; "
+                        f"choose from {', '.join(choices)}")
 
 
 def attack_loss_fn(

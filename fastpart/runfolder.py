@@ -20,15 +20,10 @@ unsafely. A new run whose settings would not read back from JSON as they are is 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import re
-import socket
-import subprocess
-import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, replace
@@ -39,7 +34,6 @@ import torch
 import torch.nn as nn
 
 import fastpart
-from fastpart import distributed
 from fastpart.atomic import Field, check_record, output_error, schema_of, write_atomic, write_bytes_atomic
 from fastpart.config import TrainConfig
 from fastpart.options import part_only, resume_may_change
@@ -63,7 +57,7 @@ RESUME_MAY_CHANGE = resume_may_change(TrainConfig)  # the settings a --resume ma
 
 __all__ = ["BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
            "MASKS", "METRICS", "REPORT", "RESUME_MAY_CHANGE", "TRAIN_LOCK", "LoadedRun", "TrainingState",
-           "RESUME_FIELDS", "append_jsonl", "build_model", "check_recordable", "checkpoint_path", "environment",
+           "RESUME_FIELDS", "append_jsonl", "build_model", "check_recordable", "checkpoint_path",
            "keep_metrics_until", "load_checkpoint", "load_run", "read_checkpoint", "read_checkpoint_file",
            "read_metrics", "resume_conflicts", "save_checkpoint"]
 
@@ -76,36 +70,6 @@ def _first_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 # Environment and metrics
 # ---------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    versions = {"fastpart": fastpart.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    for name in ("numpy", "timm", "ffcv", "triton", "numba"):
-        try:  # the installed release, without importing it (importing ffcv compiles its kernels: seconds)
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"versions": versions, "device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
-            "world_size": distributed.world_size(), "threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "command": list(sys.argv),
-            "source_revision": source_revision(), "hostname": socket.gethostname()}
-
-
-def source_revision(folder: Path = Path(fastpart.__file__).resolve().parent) -> str | None:
-    """The git commit of the fastpart source that runs (``+dirty`` when files differ from it); None outside a
-    git checkout (an installed wheel) or without git."""
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != folder.parent:
-            return None  # a checkout of something else holds this installed package
-        revision = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(folder))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return revision + ("+dirty" if dirty else "")
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

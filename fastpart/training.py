@@ -55,13 +55,14 @@ from fastpart.models import create_model
 from fastpart.monitor import BestCheckpoint, holdout, split_accuracy
 from fastpart.objectives import Objective, get_objective
 from fastpart.progress import describe, duration, estimate
+from fastpart.provenance import environment
 from fastpart.schedules import Schedule
 from fastpart.part import MaskCache, MaskPlan, SplitImages, cached_levels, refresh_epochs, refresh_masks
 from fastpart.precision import autocast_dtype
 from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults, pgd_start, schedule,
                               process_batch_size, resolve)
 from fastpart.runfolder import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, RESUME_FIELDS, TRAIN_LOCK, TrainingState,
-                                append_jsonl, check_recordable, environment, keep_metrics_until, load_checkpoint,
+                                append_jsonl, check_recordable, keep_metrics_until, load_checkpoint,
                                 read_checkpoint, resume_conflicts, save_checkpoint)
 from fastpart.step import train_epoch, train_step
 

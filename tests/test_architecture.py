@@ -25,7 +25,8 @@ STAGES = [
     ["data.fetch"],  # where a conversion's source comes from
     ["data.convert", "loader", "models", "kernels", "distributed"],
     ["part", "attacks", "objectives"],  # the mask stage; the attacks and their generators; the losses
-    ["board", "step", "monitor", "runfolder"],  # one training step/epoch; training's own accuracy; the run folder
+    ["board", "step", "monitor", "runfolder", "provenance", "part_attack"],  # one training step/epoch; training's own
+    # accuracy; the run folder; what a run records of where it ran; PART's attack as an object
     ["resolve", "records", "progress"],  # a TrainConfig -> what the stages take; a run's text records; what a run
     # says about itself (its opening line, the estimate of its length)
     ["measurements", "figures", "interop", "tables"],

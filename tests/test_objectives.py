@@ -3,6 +3,7 @@ directions, the table, dtypes, and a TRADES attack through PGD."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.pgd import pgd, random_start
+from fastpart.config import METHODS
 from fastpart.errors import FastpartError
 from fastpart.objectives import (
     OBJECTIVES,
@@ -100,8 +102,27 @@ def test_starts_betas_and_natural_logits():
 
 
 def test_unknown_objective_lists_the_names():
-    with pytest.raises(FastpartError, match=r"unknown objective 'madry'; choose from at, trades, mart"):
+    with pytest.raises(FastpartError, match=r"^unknown objective 'madry' \(did you mean mart\?\); choose from at, "
+                                            r"trades, mart, part, part-trades, part-mart$"):
         get_objective("madry")
+    with pytest.raises(FastpartError, match=r"^unknown objective 'fgsm'; choose from at, trades"):
+        get_objective("fgsm")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_name_gives_its_base_objective(name):
+    assert get_objective(name) is OBJECTIVES[METHODS[name].objective]
+
+
+@pytest.mark.parametrize("name", ["at", "trades", "mart"])
+def test_the_loss_takes_the_objectives_own_beta_unless_given(name):
+    adv, nat, y = tensors()
+    objective = OBJECTIVES[name]
+    assert torch.equal(objective.loss(adv, nat, y), objective.loss(adv, nat, y, objective.beta))
+    changed = dataclasses.replace(objective, beta=1.5)  # the default is the objective's beta, not the function's
+    assert torch.equal(changed.loss(adv, nat, y), objective.loss(adv, nat, y, 1.5))
+    hand = {"at": hand_at(), "trades": hand_trades(1.5), "mart": hand_mart(1.5)}[name]
+    assert close(changed.loss(adv, nat, y), hand)
 
 
 @pytest.mark.parametrize("name", ["trades", "mart"])

@@ -87,3 +87,20 @@ def test_step_matches_its_definition():
     assert torch.equal(out, expected)
     assert torch.equal(out[0], torch.clamp(torch.minimum(torch.maximum(x_adv[0], x[0] - eps[0]), x[0] + eps[0]), 0, 1))
 
+
+
+def test_the_argument_checks_change_no_result(model):
+    """The public call checks its arguments (budgets in [0, 1] units, x in [0, 1], integer labels); training's
+    generators skip that (check_inputs=False): the same numbers either way, int32 labels as int64 ones."""
+    x, y = batch(7, n=8)
+    eps = eps_map(7, x.shape)
+    checked = pgd(model, x, y, eps, 2 / 255, 3, generator=torch.Generator().manual_seed(3), stop_on_success=True)
+    unchecked = pgd(model, x, y, eps, 2 / 255, 3, generator=torch.Generator().manual_seed(3), stop_on_success=True,
+                    check_inputs=False)
+    as_int32 = pgd(model, x, y.int(), eps, 2 / 255, 3, generator=torch.Generator().manual_seed(3),
+                   stop_on_success=True)
+    assert torch.equal(checked, unchecked) and torch.equal(checked, as_int32)
+    with pytest.raises(ValueError, match=r"^pgd: eps: budgets are in \[0, 1\] units .*did you mean 8/255\?$"):
+        pgd(model, x, y, 8, 2 / 255, 3)
+    with pytest.raises(ValueError, match=r"^pgd: images must be in \[0, 1\]"):
+        pgd(model, x * 255, y)

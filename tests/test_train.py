@@ -53,7 +53,7 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
 
 
 def test_source_revision_is_the_checkout_of_the_package_or_none(tmp_path):
-    from fastpart.runfolder import source_revision
+    from fastpart.provenance import source_revision
 
     here = source_revision()
     if shutil.which("git") and (Path(fastpart.__file__).resolve().parents[1] / ".git").exists():

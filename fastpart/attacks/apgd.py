@@ -22,8 +22,11 @@ A point counts as broken when any iterate (x_0 included) was misclassified: the 
 returned; otherwise the point of highest loss. The model runs in eval mode (restored afterwards); only
 input gradients are taken (torch.autograd.grad), parameters get no .grad.
 
+Defaults: eps 8/255 and AutoAttack's 100 steps of APGD-CE. The arguments are checked as ``pgd``'s (``ValueError``;
+``check_inputs=False`` skips the one host synchronisation of the range check).
+
 Example:
-    x_adv, loss = apgd(model, x, y, eps=8 / 255, steps=100)                   # APGD-CE
+    x_adv, loss = apgd(model, x, y)                                           # APGD-CE, 8/255, 100 steps
     x_adv, loss = apgd(model, x, y, 8 / 255, 20, lambda z, y: margin_loss_targeted(z, y, t))
 """
 
@@ -33,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss, widen
+from fastpart.attacks.robust import attack_inputs
 from fastpart.budgets import Eps, eps_tensor_or_float
 from fastpart.modes import eval_mode
 
@@ -82,8 +86,8 @@ def apgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: Eps,
-    steps: int,
+    eps: Eps = 8 / 255,
+    steps: int = 100,
     loss_fn: LossFn = ce_loss,
     rho: float = 0.75,
     momentum: float = 0.75,
@@ -91,8 +95,11 @@ def apgd(
     autocast_dtype: torch.dtype | None = None,
     x_init: torch.Tensor | None = None,
     rule: str = "reference",
+    check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (x_adv, best loss per sample); x_init (projected into the box) replaces the random start."""
+    if check_inputs:
+        y = attack_inputs("apgd", x, y, eps, steps=steps, least_steps=1)
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
     x = x.detach()

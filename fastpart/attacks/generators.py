@@ -8,7 +8,8 @@ step size, the number of steps, the autocast dtype) and called per batch:
 
 ``probs`` is the natural prediction softmax(f(x)) (float32, detached) for objectives whose attack needs it
 (TRADES), else None; ``rng`` seeds the random start. Every generator runs the model in eval mode with its
-parameters frozen (input gradients only) and returns x_adv inside the budget and [0, 1].
+parameters frozen (input gradients only) and returns x_adv inside the budget and [0, 1]. They call the attacks
+with ``check_inputs=False``: no host synchronisation per batch for the public functions' argument checks.
 
     pgd           PGD ascending the objective's attack loss (Madry et al.; PART's mask-weighted PGD under
                   ``EpsLevels``), ``fastpart.attacks.pgd``
@@ -53,7 +54,7 @@ class GeneratorSettings:
 def _pgd(s: GeneratorSettings) -> Generator:
     def generate(model, x, y, eps, probs, rng):
         return pgd(model, x, y, eps, s.alpha, s.steps, loss_fn=lambda logits, labels: s.attack_loss(logits, labels, probs),
-                   start=s.start, generator=rng, autocast_dtype=s.autocast_dtype)
+                   start=s.start, generator=rng, autocast_dtype=s.autocast_dtype, check_inputs=False)
 
     return generate
 
@@ -68,7 +69,8 @@ def _pgd_compiled(s: GeneratorSettings) -> Generator:
 
 def _mma(s: GeneratorSettings) -> Generator:
     def generate(model, x, y, eps, probs, rng):
-        return mma(model, x, y, eps, k=3, steps=s.steps, generator=rng, autocast_dtype=s.autocast_dtype)
+        return mma(model, x, y, eps, k=3, steps=s.steps, generator=rng, autocast_dtype=s.autocast_dtype,
+                   check_inputs=False)
 
     return generate
 

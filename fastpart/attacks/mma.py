@@ -17,8 +17,11 @@ A point misclassified on the clean input is non-robust already: it is never atta
 Points still robust after all k targets get the last attempt (APGD's highest-loss point for t_k).
 The model runs in eval mode (restored afterwards); only input gradients are taken.
 
+Defaults: eps 8/255, k = 3, 20 steps (PART's "MM3"). The arguments are checked as ``pgd``'s (``ValueError``;
+``check_inputs=False`` skips the one host synchronisation of the range check).
+
 Example:
-    x_adv = mma(model, x, y, eps=8 / 255, k=3, steps=20)                                    # "MM3"
+    x_adv = mma(model, x, y)                                                                # "MM3", 8/255
     acc = robust_accuracy(model, x, y, lambda m, xb, yb: mma(m, xb, yb, 8 / 255, k=9, steps=100), 8 / 255)  # "MM+"
 """
 
@@ -30,7 +33,7 @@ import torch.nn as nn
 from fastpart.attacks.apgd import apgd
 from fastpart.attacks.losses import margin, margin_loss_targeted, widen
 from fastpart.attacks.pgd import pgd
-from fastpart.attacks.robust import budget_rows
+from fastpart.attacks.robust import attack_inputs, budget_rows
 from fastpart.budgets import Eps
 from fastpart.modes import eval_mode
 
@@ -50,14 +53,17 @@ def mma(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: Eps,
+    eps: Eps = 8 / 255,
     k: int = 3,
     steps: int = 20,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     rule: str = "reference",
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     """Sequential targeted APGD with the minimum-margin loss toward the top-k wrong classes."""
+    if check_inputs:
+        y = attack_inputs("mma", x, y, eps, steps=steps, least_steps=1)
     with eval_mode(model):
         x = x.detach()
         logits = _logits(model, x, autocast_dtype)
@@ -72,7 +78,7 @@ def mma(
             adv, _ = apgd(
                 model, x[idx], y_i, budget_rows(eps, idx, x), steps,
                 lambda z, yy, t=target: margin_loss_targeted(z, yy, t),
-                generator=generator, autocast_dtype=autocast_dtype, rule=rule,
+                generator=generator, autocast_dtype=autocast_dtype, rule=rule, check_inputs=False,
             )
             x_adv[idx] = adv
             robust[idx] = _logits(model, adv, autocast_dtype).argmax(1) == y_i
@@ -88,14 +94,17 @@ def mma_ref(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: Eps,
+    eps: Eps = 8 / 255,
     k: int = 3,
     steps: int = 20,
     alpha: float = 2 / 255,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     """The released sign-PGD variant: k targeted margin-loss PGD runs; keep each point's most damaging."""
+    if check_inputs:
+        y = attack_inputs("mma_ref", x, y, eps, alpha=alpha, steps=steps)
     with eval_mode(model):
         x = x.detach()
         logits = _logits(model, x, autocast_dtype)
@@ -104,7 +113,7 @@ def mma_ref(
         for i in range(min(k, ranking.shape[1])):
             target = ranking[:, i]
             x_adv = pgd(model, x, y, eps, alpha, steps, loss_fn=_margin_loss_to(target), generator=generator,
-                        autocast_dtype=autocast_dtype)
+                        autocast_dtype=autocast_dtype, check_inputs=False)
             m = margin(_logits(model, x_adv, autocast_dtype), y)
             better = m < best_margin
             best[better], best_margin[better] = x_adv[better], m[better]

@@ -25,8 +25,15 @@ there, as in the code it follows, and every step projects. The result is always 
 With eps a float (or the same value everywhere) this is standard PGD. The model runs in eval mode
 (batch-norm statistics frozen) and only the input gradient is computed: parameters are frozen for the attack.
 
+The defaults are the field's (torchattacks' PGD, Madry et al.'s CIFAR-10 attack): eps 8/255, alpha 2/255,
+10 steps. The arguments are checked (``fastpart.attacks.robust.attack_inputs``: ``ValueError``, one line):
+budgets and alpha in [0, 1] units (8/255, not 8), x a float tensor in [0, 1], y integer labels (int32 is cast
+to int64). The range check of x reads it on the host once; ``check_inputs=False`` skips it (training's
+per-batch generators, whose inputs the loader already guarantees).
+
 Example:
-    x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
+    x_adv = pgd(model, x, y)                                   # eps 8/255, alpha 2/255, 10 steps
+    x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=20)
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss
+from fastpart.attacks.robust import attack_inputs
 from fastpart.budgets import Eps, EpsLevels
 from fastpart.config import PGD_STARTS
 from fastpart.kernels import pgd_step_, pgd_step_reference, start_dtype, uniform_start
@@ -85,15 +93,16 @@ def pgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: Eps,
-    alpha: float,
-    steps: int,
+    eps: Eps = 8 / 255,
+    alpha: float = 2 / 255,
+    steps: int = 10,
     loss_fn: LossFn = ce_loss,
     start: str = "uniform",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     kernel_backend: str = "auto",
     stop_on_success: bool = False,
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     """Return adversarial examples for (x, y); the model's train/eval mode is restored afterwards.
 
@@ -101,7 +110,10 @@ def pgd(
     its two values). The step runs in place through ``fastpart.kernels`` (fused Triton on CUDA).
     ``stop_on_success``: a point stays where an iterate was first misclassified (its gradient is zeroed,
     and sign(0) = 0), so with the same seed more steps never leave a point robust that fewer broke.
+    ``check_inputs``: check the arguments (one host synchronisation; see the module docstring).
     """
+    if check_inputs:
+        y = attack_inputs("pgd", x, y, eps, alpha=alpha, steps=steps)
     x = x.detach()
     x_adv = random_start(x, eps, start, generator, backend=kernel_backend)
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
