@@ -339,13 +339,15 @@ def run_export(args: argparse.Namespace) -> int:
 def eval_config(args: argparse.Namespace) -> Any:
     """The EvalConfig of a command line, without importing torch: defaults < --config FILE < flags; RUN defaults
     to runs/latest unless --checkpoint names a file."""
-    from fastpart.config import EvalConfig
+    from fastpart.config import EvalConfig, check_eval
 
     values = _recorded_settings(args.config, EvalConfig) if args.config else {}
     values.update({k: v for k, v in vars(args).items() if k in EvalConfig.__dataclass_fields__})
     if not values["run"] and values.get("checkpoint", "last") in ("last", "best"):
         values["run"] = LATEST_RUN
-    return EvalConfig(**values)
+    cfg = EvalConfig(**values)
+    check_eval(cfg)
+    return cfg
 
 
 def run_eval(args: argparse.Namespace) -> int:

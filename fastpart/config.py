@@ -14,6 +14,7 @@ so every stage may depend on it.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +40,11 @@ LR_SCHEDULES = ("step", "onecycle")  # fastpart.schedules
 PGD_STARTS = ("uniform", "normal-unclipped", "uniform-unclipped", "normal", "none")  # fastpart.attacks.pgd
 NUMERICS = ("official", "released")  # --numerics: the authors' TRADES/MART code, or the released PART code's step
 DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
+EVAL_ATTACKS: tuple[str, ...] = ("natural", "mma", "mma-ref", "aa", "aa-fast", "aa-apgd-ce", "aa-apgd-t", "aa-fab-t",
+                                 "aa-square", "adaptive-mma", "eps-curve", "cifar10c", "checks")  # fastpart.measurements
+EVAL_ATTACK_PATTERNS = {"pgd<k>": r"pgd\d+", "adaptive<k>": r"adaptive\d*"}  # PGD-k; adaptive PGD-k (default 20)
+ATTACK_ALIASES = {"autoattack": "aa", "pgd": "pgd20", "clean": "natural", "auto-attack": "aa", "apgd": "aa-apgd-ce",
+                  "fab": "aa-fab-t", "square": "aa-square"}  # names users reach for, and fastpart's for them
 
 
 class Method(NamedTuple):
@@ -277,6 +283,38 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------------
 # Checks that need nothing but the settings and the file system (before torch is imported)
 # ---------------------------------------------------------------------------------------------
+
+
+def check_eval(cfg: EvalConfig) -> None:
+    """One line for an impossible ``fastpart eval``, before torch is imported: unknown attack names (with a
+    did-you-mean), counts below 1, a run or checkpoint file that is not there, a foreign state dict without its
+    architecture and dataset."""
+    for name in cfg.attacks:
+        if name in EVAL_ATTACKS or any(re.fullmatch(p, name) for p in EVAL_ATTACK_PATTERNS.values()):
+            continue
+        hint = f" (did you mean {ATTACK_ALIASES[name]}?)" if name in ATTACK_ALIASES else \
+            did_you_mean(name, EVAL_ATTACKS)
+        raise FastpartError(f"unknown attack {name!r}{hint}; choose from {', '.join([*EVAL_ATTACKS, *EVAL_ATTACK_PATTERNS])}")
+    if not cfg.attacks:
+        raise FastpartError("--attacks is empty: name at least one, e.g. natural,pgd20")
+    for name in ("n", "aa_n", "batch_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise FastpartError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if cfg.checkpoint in ("last", "best"):
+        run = Path(cfg.run)
+        if not run.exists():
+            raise FastpartError(f"no run at {run}: give a run folder written by `fastpart train` (or its checkpoint.pt)")
+        wanted = run / ("best.pt" if cfg.checkpoint == "best" else "checkpoint.pt")
+        if run.is_dir() and not wanted.is_file():
+            more = " (best.pt: a run trained with --val-n)" if cfg.checkpoint == "best" else ""
+            raise FastpartError(f"no {wanted.name} in {run}{more}: is it a run folder written by `fastpart train`?")
+    else:
+        if not Path(cfg.checkpoint).is_file():
+            raise FastpartError(f"--checkpoint {cfg.checkpoint}: no such file (or give last or best)")
+        missing = [f"--{n}" for n in ("model", "dataset") if getattr(cfg, n) is None]
+        if missing:
+            raise FastpartError(f"--checkpoint FILE (a state dict fastpart did not write) needs {' and '.join(missing)}")
 
 
 def converted_datasets(data_dir: str) -> list[str]:

@@ -55,6 +55,24 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.parametrize("args, message", [
+    (["runs/nope"], "no run at runs/nope: give a run folder written by `fastpart train`"),
+    (["run", "--attacks", "natural,autoattack"], "unknown attack 'autoattack' (did you mean aa?)"),
+    (["run", "--attacks", "pgd-20"], "unknown attack 'pgd-20'"),
+    (["run", "--n", "0"], "--n must be >= 1, got 0"),
+    (["run", "--checkpoint", "best"], "no best.pt in run (best.pt: a run trained with --val-n)"),
+    (["--checkpoint", "zoo.pt"], "--checkpoint zoo.pt: no such file"),
+    (["--checkpoint", "run/checkpoint.pt"], "needs --model and --dataset"),
+    (["run", "--eps", "8"], "did you mean 8/255?"),
+])
+def test_a_mistaken_evaluation_is_one_line_before_torch_is_imported(tmp_path, args, message):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")  # never opened: the mistake is found first
+    result = run_cli(["eval", *args], tmp_path)
+    assert result.returncode == 2 and result.stdout.strip() == "no torch"
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
 def converted_shapes(folder: Path, name: str = "shapes") -> None:
     assert main(["convert", "shapes", "--n-train", "64", "--n-test", "32", "--format", "npz",
                  "--out", str(folder), "--name", name]) == 0

@@ -125,3 +125,23 @@ def test_every_evaluator_measures_no_point_robust_that_is_wrong_clean(name):
         results[item.key] = {"accuracy": correct.float().mean().item(), "n": 6}
     if evaluator.summarise is not None:
         assert "accuracy" in evaluator.summarise(ctx, results)
+
+
+def test_the_attack_names_eval_checks_before_torch_are_the_evaluators():
+    """`fastpart eval` refuses unknown attack names before importing torch, from the names in fastpart.config: they
+    must be exactly the registry's (a new evaluator is added to both), and the patterns must accept what the
+    registry parses and refuse what it refuses."""
+    import re
+
+    from fastpart.config import EVAL_ATTACK_PATTERNS, EVAL_ATTACKS
+
+    def accepted(name: str) -> bool:
+        return name in EVAL_ATTACKS or any(re.fullmatch(p, name) for p in EVAL_ATTACK_PATTERNS.values())
+
+    assert set(EVAL_ATTACKS) == set(EVALUATORS)
+    for name in ("pgd7", "pgd20", "adaptive", "adaptive12", "pgd", "pgd-20", "adaptive-5", "pgd7x", "aa-fab"):
+        try:
+            parsed = get_evaluator(name).name == name
+        except FastpartError:
+            parsed = False
+        assert accepted(name) == parsed, name

@@ -77,8 +77,18 @@ def test_a_bad_settings_file_is_one_line_naming_it(tmp_path, data_dir, capsys, c
     assert "\n" not in err and str(tmp_path / "bad.json") in err and message in err, err
 
 
+@pytest.fixture
+def a_run(tmp_path, monkeypatch) -> Path:
+    """A folder that eval's checks take for a run (they look for its checkpoint file, and do not open it)."""
+    monkeypatch.chdir(tmp_path)
+    for run in ("runs/x", "runs/latest", "r"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "checkpoint.pt").write_bytes(b"")
+    return tmp_path
+
+
 @needs_tomllib
-def test_eval_config_file_with_flags_over_it(tmp_path):
+def test_eval_config_file_with_flags_over_it(tmp_path, a_run):
     (tmp_path / "eval.toml").write_text('attacks = ["natural", "pgd20"]\nn = 64\neps = "4/255"\n'
                                         'eps-curve = ["0", "2/255"]\nbatch-size = 32\n')
     cfg = eval_config(parse("eval", "runs/x", "--config", tmp_path / "eval.toml", "--n", 128, "--alpha", "1/255"))
@@ -87,12 +97,14 @@ def test_eval_config_file_with_flags_over_it(tmp_path):
     assert cfg.eps_curve == pytest.approx((0.0, 2 / 255))
 
 
-def test_eval_flags_take_budgets_as_fractions_and_default_to_the_latest_run():
+def test_eval_flags_take_budgets_as_fractions_and_default_to_the_latest_run(a_run):
     cfg = eval_config(parse("eval", "--attacks", "natural, aa-fast", "--eps", "8/255", "--eps-curve", "0", "16/255"))
     assert cfg.run == "runs/latest" and cfg.attacks == ("natural", "aa-fast")
     assert cfg.eps == pytest.approx(8 / 255) and cfg.eps_curve == pytest.approx((0.0, 16 / 255))
     assert asdict(eval_config(parse("eval", "r"))) == asdict(EvalConfig(run="r"))  # the defaults are the config's
-    assert eval_config(parse("eval", "--checkpoint", "zoo.pt")).run == ""  # a foreign state dict has no run
+    (a_run / "zoo.pt").write_bytes(b"")
+    foreign = eval_config(parse("eval", "--checkpoint", "zoo.pt", "--model", "resnet18", "--dataset", "cifar10"))
+    assert foreign.run == ""  # a foreign state dict has no run
 
 
 def test_eval_refuses_a_budget_in_pixel_units_with_one_line(capsys):
