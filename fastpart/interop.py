@@ -23,6 +23,7 @@ import torch
 from fastpart.atomic import write_atomic, write_json_atomic
 from fastpart.config import TrainConfig
 from fastpart.errors import FastpartError
+from fastpart.models import MODELS, Normalized
 from fastpart.data.splitfiles import dataset_manifest
 from fastpart.records import is_number, read_eval
 from fastpart.runfolder import EVAL, LoadedRun, build_model, load_run, read_checkpoint
@@ -80,13 +81,16 @@ def load_weights(path: str | Path, model: str, dataset: str, data_dir: str, devi
     state = {k: v for k, v in state.items() if not k.startswith(UNUSED_PREFIXES)}
     stats = parse_normalize(normalize, manifest)
     kwargs: dict[str, Any] = {}
-    if stats is not None:
+    own = model in MODELS  # fastpart's models normalise themselves; a timm or torchvision model is wrapped
+    if stats is not None and own:
         kwargs = {"mean": stats[0], "std": stats[1]}
         state = {**state, **{k: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
                              for k, v in zip(NORMALIZE_KEYS, stats) if k not in state}}
     cfg = TrainConfig(dataset=dataset, data_dir=data_dir, model=model, method="external", out=str(path.parent),
                       precision="fp32")
     net = build_model(model, manifest["num_classes"], device, state, str(path), **kwargs)
+    if stats is not None and not own:
+        net = Normalized(net, *stats).to(next(net.parameters()).device).eval()
     return LoadedRun(net, cfg, path, path.parent, 0, manifest, loaded[0])
 
 

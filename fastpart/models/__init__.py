@@ -28,13 +28,14 @@ from timm.models import register_model
 from torch import nn
 
 from fastpart.errors import FastpartError
+from fastpart.options import did_you_mean
 from fastpart.models.base import CifarNet, ModelError, Normalize
 from fastpart.models.cifar import NetworkBlock, ResNet18Cifar, ResNetBlock, WideResNet, WRNBlock
 from fastpart.models.robustbench import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DMWideResNet,
                                          PreActResNet18, RobustBenchWideResNet)
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODELS", "DMWideResNet", "ModelError",
-           "NetworkBlock", "Normalize", "PreActResNet18", "ResNet18Cifar", "ResNetBlock", "RobustBenchWideResNet",
+           "NetworkBlock", "Normalize", "Normalized", "PreActResNet18", "ResNet18Cifar", "ResNetBlock", "RobustBenchWideResNet",
            "WRNBlock", "WideResNet", "create_model", "find_cam_layer"]
 
 
@@ -112,11 +113,43 @@ def wrn70_16(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 MODELS: tuple[str, ...] = tuple(_names)
 
 
+TORCHVISION = "torchvision:"  # create_model("torchvision:resnet50"): torchvision's, where timm has the same name
+
+
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, num_classes=num_classes, **kwargs)`` for fastpart's or any timm name."""
-    if not timm.is_model(name):
-        raise FastpartError(f"unknown model {name!r}: fastpart's models are {', '.join(MODELS)} (or any timm model)")
+    """``timm.create_model(name, num_classes=num_classes, **kwargs)`` for fastpart's or any timm name; torchvision's
+    ``get_model`` for a torchvision name timm does not have, or one spelt ``torchvision:NAME``. An unknown name is
+    one line with the closest names."""
+    tv_name = name.removeprefix(TORCHVISION)
+    if name.startswith(TORCHVISION) or not timm.is_model(name):
+        import torchvision
+
+        if tv_name in torchvision.models.list_models(module=torchvision.models):
+            return torchvision.models.get_model(tv_name, num_classes=num_classes, **kwargs)
+        if name.startswith(TORCHVISION):
+            raise FastpartError(f"unknown torchvision model {tv_name!r}"
+                                f"{did_you_mean(tv_name, torchvision.models.list_models(module=torchvision.models))}")
+        hint = did_you_mean(name, [*MODELS, *timm.list_models()])
+        raise FastpartError(f"unknown model {name!r}{hint}: fastpart's models are {', '.join(MODELS)}, or any timm "
+                            f"model, or torchvision:NAME")
     return timm.create_model(name, num_classes=num_classes, **kwargs)
+
+
+class Normalized(nn.Module):
+    """A model that takes images in [0, 1] in front of one that takes normalised inputs (a timm or torchvision
+    model): ``Normalize(mean, std)`` (not in the state dict), then ``model``. Its CAM layer is the model's."""
+
+    def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std, persistent=False)
+        self.model = model
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return find_cam_layer(self.model)
+
+    def forward(self, x: Any) -> Any:
+        return self.model(self.normalize(x))
 
 
 def find_cam_layer(model: nn.Module) -> nn.Module:
