@@ -92,9 +92,11 @@ class TrainResult:
         c, e = self.config, self.final_eval
         images = sum(h["images"] for h in self.history)
         train_seconds = sum(h["epoch_seconds"] + h.get("mask_seconds", 0.0) for h in self.history)
+        wall = sum(h.get("wall_seconds", h["epoch_seconds"] + h.get("mask_seconds", 0.0)) for h in self.history)
         return (
             f"{c.dataset} {c.model} {c.method}: {c.epochs} epochs in {train_seconds:.0f}s "
-            f"({images / max(train_seconds, 1e-9):.0f} img/s training); test natural {100 * e['test_natural_acc']:.2f}%, "
+            f"({images / max(train_seconds, 1e-9):.0f} img/s training; {wall:.0f}s with masks and evaluations); "
+            f"test natural {100 * e['test_natural_acc']:.2f}%, "
             f"PGD-{c.eval_steps} {100 * e[f'test_pgd{c.eval_steps}_acc']:.2f}% (n={e['test_n']}); run folder {self.run_dir}"
         )
 
@@ -299,7 +301,7 @@ def _epochs(run: _Run) -> TrainResult:
 
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One epoch: refresh the masks on schedule, train, evaluate when due, write metrics and checkpoint."""
-    cfg, model, state = run.cfg, run.state.model, run.state
+    cfg, model, state, began = run.cfg, run.state.model, run.state, time.perf_counter()
     lr = run.schedule.lr_at(epoch) if run.schedule.per_batch else state.optimizer.param_groups[0]["lr"]
     record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
     if cfg.eps_warmup or cfg.eps_delay:
@@ -317,7 +319,6 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
                               desc=f"epoch {epoch + 1}/{cfg.epochs}", schedule=run.schedule, epoch=epoch,
                               timer=(lambda n, s: tqdm.write(estimate(cfg, cfg.epochs - epoch, len(run.train_loader), s / n,
                                                                      run.train_loader.batch_size))) if first else None))
-    run.epoch_seconds.append(record["epoch_seconds"] + record.get("mask_seconds", 0.0))
     distributed.broadcast_buffers(model)  # rank 0's batch-norm running statistics everywhere, as DDP does
     record["phase"] = "masked" if masked else ("burn-in" if run.method.pixel_reweighted else "plain")
     checkpoint = run.run_dir / CHECKPOINT
@@ -331,6 +332,8 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         record.update(run.final_eval)
     if run.val_loader is not None and (epoch + 1 == cfg.epochs or (epoch + 1) % cfg.val_every == 0):
         record.update(_accuracies(run, run.val_loader, cfg.val_steps, "val"))
+    record["wall_seconds"] = time.perf_counter() - began  # masks, training and evaluations: what the ETA counts
+    run.epoch_seconds.append(record["wall_seconds"])
     if distributed.is_main():
         _write_epoch(run, record, epoch)
     return record

@@ -39,6 +39,8 @@ def test_training_learns_and_records_everything(data_dir, tmp_path, capsys):
     assert summary.startswith("shapes resnet18_cifar_w8 at: 4 epochs") and "PGD-20" in summary
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert all(h["wall_seconds"] >= h["epoch_seconds"] for h in history)  # the whole epoch, evaluations included
+    assert "s with masks and evaluations)" in summary
     assert history[-1]["loss"] < history[0]["loss"]
     assert "test_natural_acc" in history[1] and "test_natural_acc" in history[3] and "test_natural_acc" not in history[0]
     assert history[-1]["test_pgd20_acc"] <= history[-1]["test_natural_acc"]
