@@ -188,14 +188,14 @@ def test_cifar10_python_truncated_archive(tmp_path):
 
 def test_cifar10_corrupt_archive_random_bytes(tmp_path):
     source = write_random_bytes(tmp_path / CIFAR10_PYTHON_ARCHIVE)
-    with raises_one_line("cannot read archive") as error:
+    with raises_one_line("cannot read archive"):
         read("cifar10", source)
 
 
 def test_cifar10_corrupt_archive_middle(tmp_path):
     make_cifar10_python(tmp_path)
     source = corrupt_middle(tmp_path / CIFAR10_PYTHON_ARCHIVE)
-    with pytest.raises(DatasetError) as error:
+    with pytest.raises(DatasetError):
         read("cifar10", source)
 
 
@@ -369,7 +369,7 @@ def test_imagefolder_grayscale_and_rgba_become_rgb(tmp_path):
 def test_imagefolder_mixed_sizes_names_file_and_size(tmp_path):
     source, _ = make_image_folder(tmp_path, ["a", "b"], {"train": 2})
     write_png(source / "train" / "b" / "0001.png", np.zeros((20, 30, 3), np.uint8))
-    with raises_one_line(r"train/b/0001.png: image is 30x20, expected 32x32") as error:
+    with raises_one_line(r"train/b/0001.png: image is 30x20, expected 32x32"):
         read_imagefolder(source, NO_OPTIONS)
 
 
@@ -388,7 +388,7 @@ def test_imagefolder_no_images(tmp_path):
 def test_imagefolder_corrupt_image_named(tmp_path):
     source, _ = make_image_folder(tmp_path, ["a"], {"train": 2})
     truncate(source / "train" / "a" / "0001.png", 0.5)
-    with raises_one_line(r"train/a/0001.png: cannot decode image") as error:
+    with raises_one_line(r"train/a/0001.png: cannot decode image"):
         read_imagefolder(source, NO_OPTIONS)
 
 
@@ -396,7 +396,7 @@ def test_imagefolder_corrupt_image_named(tmp_path):
 def test_imagefolder_truncated_archive(tmp_path, archive):
     source, _ = make_image_folder(tmp_path, ["a", "b"], {"train": 4}, archive=archive)
     truncate(source, 0.6)
-    with raises_one_line("cannot read archive") as error:
+    with raises_one_line("cannot read archive"):
         read_imagefolder(source, NO_OPTIONS)
 
 
@@ -432,7 +432,7 @@ def test_svhn_missing_file_named(tmp_path):
 def test_svhn_truncated_mat(tmp_path):
     make_svhn_mats(tmp_path)
     truncate(tmp_path / SVHN_TRAIN, 0.5)
-    with raises_one_line(f"{SVHN_TRAIN}: cannot read MATLAB file") as error:
+    with raises_one_line(f"{SVHN_TRAIN}: cannot read MATLAB file"):
         read("svhn", tmp_path)
 
 

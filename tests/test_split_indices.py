@@ -3,7 +3,6 @@ other unique indices become their rank, a repeated index is refused."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
