@@ -264,23 +264,38 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
         help="markdown report with figures of one run, or a comparison of several",
         description="Write <run>/report/report.md with PNG figures: the accuracy table of eval.json, the training "
-        "summary and curves of metrics.jsonl, and a Figure-2 panel (image, CAM, mask, perturbation). With several "
-        "runs, a comparison in <first run>/report-vs-<second run name>/. Prints the path of report.md.",
+        "summary and curves of metrics.jsonl, and a Figure-2 panel (image, CAM, mask, |perturbation|). With several "
+        "runs, a comparison in reports/<a>-vs-<b>/ under the current folder (beside runs/, inside no run). Prints "
+        "the path of report.md.",
     )
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folder written by `fastpart train` (default: runs/latest, "
                    "where `fastpart train` writes by default)")
-    p.add_argument("--out", metavar="DIR", help="report folder (default: <run>/report, or <run>/report-vs-<other> for several runs)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: <run>/report for one run; for several, "
+                   "reports/<a>-vs-<b> under the current folder)")
     p.add_argument("--images", type=int, default=4, metavar="N",
                    help="test images in the Figure-2 panel, 0 for none (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto, for the panel (default: %(default)s)")
     p.add_argument("--data-dir", metavar="DIR", help="where the converted dataset lives (default: the run's --data-dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no notes, no warnings: print only the path "
+                   "of report.md (errors are still one line on stderr)")
     p.set_defaults(handler=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:
+    import warnings
+
     from fastpart.report import write_report
 
-    print(write_report(args.runs or [LATEST_RUN], out=args.out, n_images=args.images, device=args.device, data_dir=args.data_dir))
+    runs = args.runs or [LATEST_RUN]
+    with warnings.catch_warnings():
+        if args.quiet:
+            warnings.simplefilter("ignore")
+        path = write_report(runs, out=args.out, n_images=args.images, device=args.device, data_dir=args.data_dir,
+                            progress=not args.quiet)
+    if len(runs) > 1 and args.out is None and not args.quiet:
+        print(f"fastpart report: the comparison of {len(runs)} runs is in {path.parent}/ (the default for several "
+              "runs; --out DIR to choose)", file=sys.stderr)
+    print(path)
     return 0
 
 

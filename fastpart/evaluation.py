@@ -57,7 +57,7 @@ from fastpart.measurements import Context, Evaluator, Item, get_evaluator
 from fastpart.loader import to_model_input
 from fastpart.interop import load_weights
 from fastpart.precision import autocast_dtype
-from fastpart.records import paper_csv
+from fastpart.records import checks_verdict, paper_csv
 from fastpart.resolve import resolve_device
 from fastpart.runfolder import CHECKPOINTS, EVAL, EVAL_CSV, EVAL_LOCK, EVAL_PROGRESS, LoadedRun, load_run
 
@@ -294,7 +294,7 @@ def summary_line(name: str, entry: dict[str, Any]) -> str:
         error = f" ± {100 * entry['stderr']:.2f}" if entry.get("stderr") is not None else ""
         head = f"{name}: {100 * entry['accuracy']:.2f}%{error}"
     elif "checks" in entry:
-        head = f"{name}: {'pass' if entry['passed'] else 'FAIL'}"
+        head = f"{name}: {checks_verdict(entry, names=True)}"
     else:
         head = f"{name}:"
     return f"{head} (n={n}, {seconds:.1f}s, {rate}) {entry['label']}"
@@ -304,7 +304,7 @@ def table(record: dict[str, Any]) -> str:
     rows = [("attack", "accuracy %", "± s.e.", "n", "seconds", "s / 1k img", "")]
     for name, entry in record["results"].items():
         acc = entry.get("accuracy")
-        shown = _pct(acc) if acc is not None else ("pass" if entry.get("passed") else "FAIL" if "checks" in entry else "-")
+        shown = _pct(acc) if acc is not None else (checks_verdict(entry) if "checks" in entry else "-")
         error = _pct(entry.get("stderr"))
         n = entry.get("n") or 0
         rows.append((name, shown, error, str(n), f"{entry['seconds']:.1f}",

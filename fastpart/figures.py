@@ -1,44 +1,35 @@
-"""The PNG figures of ``fastpart report``, and the Figure-2 panel they draw.
+"""The PNG figures of ``fastpart report`` that chart a run's records (the Figure-2 panel is ``fastpart.panels``).
 
 * ``training_figure``: loss, train natural/adversarial accuracy and the test accuracies of the eval
   epochs against the epoch, burn-in and masked phases shaded; several runs overlaid.
 * ``eps_curve_figure``: accuracy against the budget (eval.json's eps-curve), the training eps marked.
 * ``accuracy_figure``: grouped bars, one group per attack, one bar per run.
-* ``figure2``: after the paper's Figure 2, for a few test images, the image, its CAM, the important-pixel
-  mask (PART's per-pixel budget) and the perturbation of a mask-weighted PGD-10 (``compute_panel``).
+
+Accuracy axes run from 0 to 100% with the chance level (100 / number of classes, ``num_classes``) drawn
+dashed, so a run at chance cannot pass for a trend; measured test accuracies carry their n (in the legend) and
+±1 standard error (eval.json's ``stderr`` where the record has one, else binomial from n).
 
 Figures are drawn with matplotlib's Agg canvas, without pyplot, so no global backend is changed; each
-function returns the PNG's bytes.
+``*_figure`` function returns the PNG's bytes, ``training_chart`` the drawn ``Figure``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-
-from fastpart.attacks.pgd import pgd
-from fastpart.data.splitfiles import read_split, split_path
+from fastpart.data.splitfiles import dataset_manifest
 from fastpart.errors import FastpartError
-from fastpart.budgets import EpsLevels
-from fastpart.config import METHODS
-from fastpart.loader import to_model_input
-from fastpart.part import cam_targets, display_cam, eps_levels
 from fastpart.records import RunRecords, is_number
-from fastpart.resolve import mask_plan
-from fastpart.runfolder import load_run
 
-__all__ = ["Panel", "accuracy_figure", "compute_panel", "eps_curve_figure", "figure2", "panel_indices",
+__all__ = ["accuracy_figure", "chance_level", "eps_curve_figure", "num_classes", "standard_error", "training_chart",
            "training_figure"]
 
-PANEL_STEPS = 10
 PHASE_COLOURS = {"burn-in": "tab:orange", "masked": "tab:green"}
 RUN_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
+CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1}
 
 
 def budget_label(value: Any) -> str:
@@ -63,111 +54,57 @@ def test_label(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Figure-2 panel: image / CAM / mask / perturbation
+# Chance, n and standard error
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Panel:
-    """One model's Figure-2 rows on the chosen test images (numpy, images NHWC in [0, 1])."""
+def num_classes(records: RunRecords, data_dir: str | None = None) -> int | None:
+    """The run's number of classes: its converted dataset's manifest (in ``data_dir``, else the run's data_dir),
+    else the dataset registry's; None where neither knows (an imagefolder dataset no longer on disk)."""
+    dataset = records.setting("dataset", None)
+    if not isinstance(dataset, str):
+        return None
+    folder = data_dir or records.config.get("data_dir")
+    if isinstance(folder, str):
+        try:
+            classes = dataset_manifest(folder, dataset).get("num_classes")
+        except (FastpartError, OSError, ValueError, AttributeError):
+            classes = None
+        if isinstance(classes, int) and not isinstance(classes, bool) and classes > 1:
+            return classes
+    from fastpart.data.datasets import DATASETS
 
-    run_name: str
-    method: str
-    pixel_reweighted: bool
-    indices: list[int]
-    images: np.ndarray        # (B, H, W, 3) float32
-    labels: list[int]
-    predictions: list[int]
-    adversarial_predictions: list[int]
-    cams: np.ndarray          # (B, H, W) float32, CAM upsampled and min-max scaled to [0, 1]
-    levels: np.ndarray        # (B, C, H, W) uint8, 1 = important (eps)
-    degenerate: list[bool]
-    delta: np.ndarray         # (B, H, W, 3) float32, x_adv - x
-    eps: float
-    eps_low: float
-    class_names: list[str] | None = None
-
-    def important_fraction(self) -> float:
-        """Share of (pixel, channel-level) entries marked important, over all the panel's images."""
-        return float(self.levels.astype(np.float64).mean())
-
-    def image_fractions(self) -> list[float]:
-        return [float(v) for v in self.levels.reshape(len(self.levels), -1).astype(np.float64).mean(axis=1)]
-
-    def max_delta(self, important: bool) -> float:
-        """Largest |delta| over the entries whose level is 1 (``important``) or 0; 0 when there are none."""
-        levels = np.broadcast_to(self.levels.transpose(0, 2, 3, 1), self.delta.shape)
-        chosen = np.abs(self.delta)[levels == (1 if important else 0)]
-        return float(chosen.max()) if chosen.size else 0.0
-
-    def class_name(self, label: int) -> str:
-        if self.class_names and 0 <= label < len(self.class_names):
-            return str(self.class_names[label])
-        return str(label)
+    info = DATASETS.get(dataset)
+    return info.num_classes if info is not None else None
 
 
-def panel_indices(labels: np.ndarray, n: int) -> list[int]:
-    """``n`` test-image indices, ascending: the first image of each class in file order, then the next images."""
-    labels = np.asarray(labels)
-    n = max(0, min(int(n), len(labels)))
-    chosen: list[int] = []
-    seen: set[int] = set()
-    for i, label in enumerate(labels.tolist()):
-        if len(chosen) == n:
-            break
-        if label not in seen:
-            seen.add(label)
-            chosen.append(i)
-    for i in range(len(labels)):
-        if len(chosen) == n:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    return sorted(chosen)
+def chance_level(classes: int | None) -> float | None:
+    """The accuracy of guessing, in percent: 100 / classes; None where the number of classes is unknown."""
+    return 100 / classes if isinstance(classes, int) and classes > 1 else None
 
 
-def compute_panel(run: str | Path, n_images: int = 4, device: str | torch.device = "cpu",
-                  data_dir: str | None = None) -> Panel:
-    """Load the run's model and compute its Figure-2 rows (fp32) on ``n_images`` test images.
+def standard_error(accuracy: Any, n: Any) -> float | None:
+    """The binomial standard error of an accuracy measured on n images (as ``fastpart eval`` records it)."""
+    if not is_number(accuracy) or not is_number(n) or n <= 0:
+        return None
+    return math.sqrt(max(0.0, accuracy * (1 - accuracy)) / n)
 
-    The CAM and mask follow the run's mask settings (its ``MaskPlan``'s CAM function and
-    ``fastpart.part.eps_levels``, exactly as PART's training does); the perturbation is a cross-entropy
-    PGD-10 (the run's step size, uniform start seeded by the run's seed) under the per-pixel budget
-    ``EpsLevels(levels, eps, eps_low)`` for PART methods, else under the uniform ``eps``.
-    Raises ``FastpartError`` when the checkpoint or the test split cannot be read.
-    """
-    loaded = load_run(run, device, data_dir=data_dir)
-    cfg = replace(loaded.config, precision="fp32")
-    model = loaded.model
-    device = next(model.parameters()).device
-    arrays = read_split(split_path(cfg.data_dir, cfg.dataset, "test"))
-    indices = panel_indices(arrays.labels, n_images)
-    if not indices:
-        raise FastpartError(f"the test split of {cfg.dataset} is empty")
-    x = to_model_input(torch.from_numpy(np.ascontiguousarray(arrays.images[indices])).to(device), torch.float32)
-    x = x.contiguous()
-    y = torch.as_tensor(arrays.labels[indices], dtype=torch.long, device=device)
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    with torch.no_grad():
-        predictions = model(x).argmax(1)
-    plan = mask_plan(cfg)
-    cams = plan.cam_function(model)(x, cam_targets(plan.settings, y)).float()
-    levels, degenerate = eps_levels(cams, size, plan.settings)
-    pixel_reweighted = METHODS[cfg.method].pixel_reweighted if cfg.method in METHODS else cfg.method.startswith("part")
-    eps = EpsLevels(levels, cfg.eps, cfg.eps_low) if pixel_reweighted else cfg.eps
-    alpha = cfg.alpha if cfg.alpha is not None else 2 / 255
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    x_adv = pgd(model, x, y, eps, alpha, PANEL_STEPS, generator=generator)
-    with torch.no_grad():
-        adversarial_predictions = model(x_adv).argmax(1)
-    shown = display_cam(cams, size)
-    return Panel(
-        run_name=Path(loaded.run_dir).resolve().name, method=cfg.method, pixel_reweighted=pixel_reweighted,
-        indices=indices, images=x.permute(0, 2, 3, 1).cpu().numpy(), labels=y.tolist(),
-        predictions=predictions.tolist(), adversarial_predictions=adversarial_predictions.tolist(),
-        cams=shown.cpu().numpy(), levels=levels.cpu().numpy(), degenerate=degenerate.cpu().tolist(),
-        delta=(x_adv - x).permute(0, 2, 3, 1).cpu().numpy(), eps=float(cfg.eps), eps_low=float(cfg.eps_low),
-        class_names=loaded.manifest.get("class_names"))
+
+def _n_label(ns: Sequence[Any]) -> str:
+    found = sorted({int(n) for n in ns if is_number(n)})
+    if not found:
+        return ""
+    return f"n={found[0]}" if len(found) == 1 else f"n={found[0]}–{found[-1]}"
+
+
+def _chance_lines(ax, levels: Sequence[float | None]) -> None:
+    for level in sorted({round(v, 6) for v in levels if v is not None}):
+        ax.axhline(level, **CHANCE_STYLE, label=f"chance ({level:.3g}%)")
+
+
+def _accuracy_axis(ax, levels: Sequence[float | None], top: float = 100) -> None:
+    _chance_lines(ax, levels)
+    ax.set_ylim(0, top)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,12 +146,30 @@ def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def training_figure(runs: Sequence[RunRecords]) -> bytes:
-    """Loss, train natural/adversarial accuracy and test accuracies per epoch; one colour per run.
+def _test_points(metrics: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float], list[Any]]:
+    """Epochs, accuracies and standard errors (percent) and n of one test accuracy: the record's own
+    ``test_<attack>_stderr`` where it has one, else binomial from ``test_n`` (0 where n is unknown)."""
+    epochs, values, errors, ns = [], [], [], []
+    for r in metrics:
+        if is_number(r.get(key)) and is_number(r.get("epoch")):
+            own = r.get(key[:-len("_acc")] + "_stderr")
+            error = own if is_number(own) else standard_error(r[key], r.get("test_n"))
+            epochs.append(r["epoch"])
+            values.append(100 * r[key])
+            errors.append(100 * error if error is not None else 0.0)
+            ns.append(r.get("test_n"))
+    return epochs, values, errors, ns
 
-    One run: burn-in and masked phases shaded. Several: a dotted line where each run's masked phase starts.
+
+def training_chart(runs: Sequence[RunRecords], classes: Sequence[int | None] | None = None):
+    """Loss, train natural/adversarial accuracy and test accuracies per epoch, one colour per run (a ``Figure``).
+
+    Accuracy axes 0-100% with the chance level of ``classes`` (one number of classes per run) dashed; test
+    accuracies with ±1 standard error bars and their n in the legend. One run: burn-in and masked phases shaded.
+    Several: a dotted line where each run's masked phase starts.
     """
     from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     fig = _figure(15, 4)
     loss_ax, train_ax, test_ax = fig.subplots(1, 3)
@@ -228,10 +183,12 @@ def training_figure(runs: Sequence[RunRecords]) -> bytes:
         train_ax.plot(*(_scaled(_series(records.metrics, "train_adv_acc"))), marker=".", color=colour,
                       label=f"{tag}adversarial")
         for j, key in enumerate(test_keys(records.metrics)):
-            epochs, values = _scaled(_series(records.metrics, key))
-            test_ax.plot(epochs, values, marker="o", color=colour if not single else RUN_COLOURS[j % len(RUN_COLOURS)],
-                         linestyle=("--", "-", ":", "-.")[j % 4] if not single else "-",
-                         label=f"{tag}{test_label(key)}")
+            epochs, values, errors, ns = _test_points(records.metrics, key)
+            n = _n_label(ns)
+            test_ax.errorbar(epochs, values, yerr=errors, marker="o", capsize=3,
+                             color=colour if not single else RUN_COLOURS[j % len(RUN_COLOURS)],
+                             linestyle=("--", "-", ":", "-.")[j % 4] if not single else "-",
+                             label=f"{tag}{test_label(key)}" + (f" ({n})" if n else ""))
         if single:
             for phase, start, stop in _phase_spans(records.metrics):
                 for ax in (loss_ax, train_ax, test_ax):
@@ -241,11 +198,12 @@ def training_figure(runs: Sequence[RunRecords]) -> bytes:
             if masked:
                 for ax in (loss_ax, train_ax, test_ax):
                     ax.axvline(min(masked) - 0.5, color=colour, linestyle=":", linewidth=1)
+    levels = [chance_level(c) for c in (classes or [])]
+    for ax in (train_ax, test_ax):
+        _accuracy_axis(ax, levels)
     loss_ax.set_title("training loss")
     train_ax.set_title("training accuracy (%)")
-    test_ax.set_title("test accuracy on eval epochs (%)")
-    from matplotlib.ticker import MaxNLocator
-
+    test_ax.set_title("test accuracy on eval epochs (%), ±1 s.e.")
     for ax in (loss_ax, train_ax, test_ax):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -259,7 +217,12 @@ def training_figure(runs: Sequence[RunRecords]) -> bytes:
             ax.legend(handles, labels, fontsize=8)
     if not single and any(r.get("phase") == "masked" for records in runs for r in records.metrics):
         fig.suptitle("dotted lines: start of each run's masked phase", fontsize=9, y=1.03)
-    return _png(fig)
+    return fig
+
+
+def training_figure(runs: Sequence[RunRecords], classes: Sequence[int | None] | None = None) -> bytes:
+    """``training_chart`` as PNG bytes."""
+    return _png(training_chart(runs, classes))
 
 
 def _scaled(series: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
@@ -275,85 +238,59 @@ def curve_points(records: RunRecords) -> list[tuple[float, float]]:
             if isinstance(p, dict) and is_number(p.get("eps")) and is_number(p.get("accuracy"))]
 
 
-def eps_curve_figure(runs: Sequence[RunRecords]) -> bytes:
-    """Accuracy against the L-inf budget (x in units of 1/255), one line per run; the training eps marked."""
+def eps_curve_figure(runs: Sequence[RunRecords], classes: Sequence[int | None] | None = None) -> bytes:
+    """Accuracy against the L-inf budget (x in units of 1/255), one line per run with ±1 s.e. (binomial, the
+    curve's n); the training eps marked, the chance level dashed."""
     fig = _figure(6, 4)
     ax = fig.subplots()
     for i, records in enumerate(runs):
         points = curve_points(records)
         if not points:
             continue
-        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
-        ax.plot([255 * e for e, _ in points], [100 * a for _, a in points], marker="o", color=colour,
-                label=records.name if len(runs) > 1 else records.results["eps-curve"].get("label", "accuracy"))
+        entry = records.results["eps-curve"]
+        n = entry.get("n")
+        errors = [100 * (standard_error(a, n) or 0.0) for _, a in points]
+        label = records.name if len(runs) > 1 else entry.get("label", "accuracy")
+        ax.errorbar([255 * e for e, _ in points], [100 * a for _, a in points], yerr=errors, marker="o", capsize=3,
+                    color=RUN_COLOURS[i % len(RUN_COLOURS)], label=label + (f" ({_n_label([n])})" if is_number(n) else ""))
     train_eps = runs[0].config.get("eps")
     if is_number(train_eps):
         ax.axvline(255 * train_eps, color="grey", linestyle=":", label=f"training eps {budget_label(train_eps)}")
+    _accuracy_axis(ax, [chance_level(c) for c in (classes or [])])
     ax.set_xlabel("eps (/255)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%), ±1 s.e.")
     ax.set_title("accuracy vs eps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
 
 
-def accuracy_figure(runs: Sequence[RunRecords], names: Sequence[str]) -> bytes:
-    """Grouped bars: one group per attack, one bar per run, value labels in percent."""
+def accuracy_figure(runs: Sequence[RunRecords], names: Sequence[str], classes: Sequence[int | None] | None = None) -> bytes:
+    """Grouped bars: one group per attack, one bar per run, value labels in percent, ±1 s.e. (eval.json's
+    ``stderr``, else binomial from n) and each run's n in the legend; the chance level dashed."""
     fig = _figure(max(6.0, 1.3 * len(names) * len(runs)), 4)
     ax = fig.subplots()
     width = 0.8 / len(runs)
     for i, records in enumerate(runs):
-        values = [records.results.get(n, {}).get("accuracy") for n in names]
+        entries = [records.results.get(n, {}) for n in names]
+        values = [e.get("accuracy") for e in entries]
+        errors = [e.get("stderr") if is_number(e.get("stderr")) else standard_error(e.get("accuracy"), e.get("n"))
+                  for e in entries]
         xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(names))]
         heights = [100 * v if is_number(v) else 0.0 for v in values]
-        bars = ax.bar(xs, heights, width, label=records.name, color=RUN_COLOURS[i % len(RUN_COLOURS)])
-        for bar, v in zip(bars, values):
-            if is_number(v):
-                ax.annotate(f"{100 * v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
+        n = _n_label([e.get("n") for e, v in zip(entries, values) if is_number(v)])
+        yerr = [100 * e if e is not None else 0.0 for e in errors]
+        bars = ax.bar(xs, heights, width, yerr=yerr, capsize=3, label=records.name + (f" ({n})" if n else ""),
+                      color=RUN_COLOURS[i % len(RUN_COLOURS)])
+        for bar, v, e in zip(bars, values, yerr):
+            if is_number(v):  # the value above its error bar
+                ax.annotate(f"{100 * v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height() + e),
+                            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
+    _accuracy_axis(ax, [chance_level(c) for c in (classes or [])], top=110)
+    ax.set_ylabel("accuracy (%), ±1 s.e.")
     ax.set_title("test accuracy per attack")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def figure2(panels: Sequence[Panel]) -> bytes:
-    """Rows: each image, for each model (models of one image next to each other); columns: image / CAM /
-    mask (white = important, budget eps) / perturbation mapped from [-eps, eps] to [0, 1]."""
-    n_images = max(len(p.indices) for p in panels)
-    rows = [(panel, k) for k in range(n_images) for panel in panels if k < len(panel.indices)]
-    fig = _figure(9, 2.3 * len(rows))
-    axes = np.atleast_2d(fig.subplots(len(rows), 4, squeeze=False))
-    several = len(panels) > 1
-    for row, (panel, k) in enumerate(rows):
-        ax_image, ax_cam, ax_mask, ax_delta = axes[row]
-        image = np.clip(panel.images[k], 0, 1)
-        ax_image.imshow(image, interpolation="nearest")
-        ax_cam.imshow(image, interpolation="nearest")
-        ax_cam.imshow(panel.cams[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-        levels = panel.levels[k]
-        if levels.shape[0] == 1:
-            ax_mask.imshow(levels[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax_mask.imshow(levels[:3].transpose(1, 2, 0).astype(np.float32), interpolation="nearest")
-        ax_delta.imshow(np.clip(0.5 + panel.delta[k] / (2 * panel.eps), 0, 1), interpolation="nearest")
-        head = f"{panel.run_name} ({panel.method})\n" if several else ""
-        ax_image.set_ylabel(f"{head}#{panel.indices[k]} {panel.class_name(panel.labels[k])}\n"
-                            f"pred {panel.class_name(panel.predictions[k])}, "
-                            f"adv {panel.class_name(panel.adversarial_predictions[k])}", fontsize=8)
-        used = "" if panel.pixel_reweighted else " (unused)"
-        flag = ", degenerate" if panel.degenerate[k] else ""
-        ax_mask.set_title(f"mask{used}: {100 * panel.image_fractions()[k]:.1f}%{flag}", fontsize=8)
-        budget = (f"eps {budget_label(panel.eps)} / {budget_label(panel.eps_low)}" if panel.pixel_reweighted
-                  else f"eps {budget_label(panel.eps)}")
-        ax_delta.set_title(f"PGD-{PANEL_STEPS}, {budget}", fontsize=8)
-        ax_cam.set_title("CAM", fontsize=8)
-        ax_image.set_title("image", fontsize=8)
-        for ax in axes[row]:
-            ax.set_xticks([])
-            ax.set_yticks([])
     return _png(fig)

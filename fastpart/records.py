@@ -17,7 +17,7 @@ from fastpart.atomic import Field, check_record, list_of, map_of
 from fastpart.errors import FastpartError
 from fastpart.runfolder import CHECKPOINT, CONFIG, CONFIG_SCHEMA, ENV, EVAL, METRICS, read_metrics
 
-__all__ = ["ENV_SCHEMA", "EVAL_SCHEMA", "PAPER_COLUMNS", "RunRecords", "is_number", "paper_csv", "read_eval", "read_run"]
+__all__ = ["ENV_SCHEMA", "EVAL_SCHEMA", "check_result", "checks_verdict", "PAPER_COLUMNS", "RunRecords", "is_number", "paper_csv", "read_eval", "read_run"]
 
 PAPER_COLUMNS = ("natural", "pgd20", "mma", "aa")  # the paper's Table 1 columns, as eval.json names them
 
@@ -139,3 +139,22 @@ def paper_csv(evaluation: dict[str, Any]) -> str:
              for c in PAPER_COLUMNS]
     writer.writerow([evaluation.get("method", ""), evaluation.get("dataset", ""), evaluation.get("model", ""), *cells])
     return buffer.getvalue()
+
+
+def check_result(check: dict[str, Any]) -> str:  # passed None or absent: the check did not run
+    return {True: "pass", False: "FAIL"}.get(check.get("passed"), "skipped")
+
+
+def checks_verdict(entry: dict[str, Any], names: bool = False) -> str:
+    """eval.json's checks counted honestly: '3 passed, 1 skipped', '1 FAILED, 2 passed, 1 skipped' (``names``:
+    '1 FAILED: name; 2 passed, 1 skipped'); an entry without its list of checks: its own verdict."""
+    checks = [c for c in entry.get("checks", []) if isinstance(c, dict)] if isinstance(entry.get("checks"), list) else []
+    if not checks:
+        return {True: "passed", False: "FAILED"}.get(entry.get("passed"), "not decided")
+    results = [check_result(c) for c in checks]
+    failed = [str(c.get("name", "?")) for c, r in zip(checks, results) if r == "FAIL"]
+    rest = [f"{results.count(r)} {word}" for r, word in (("pass", "passed"), ("skipped", "skipped")) if r in results]
+    if not failed:
+        return ", ".join(rest)
+    head = f"{len(failed)} FAILED" + (f": {', '.join(failed)}" if names else "")
+    return head + ("; " if names and rest else ", " if rest else "") + ", ".join(rest)

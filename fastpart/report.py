@@ -3,42 +3,50 @@
 One run (``fastpart report RUN``) -> ``<run>/report/report.md`` with
 
 * the accuracy table of ``eval.json`` (written by ``fastpart eval``), the paper-table CSV row
-  (``fastpart.records.paper_csv``, as eval.csv), the gradient-masking checks and the CIFAR-10-C table when present;
+  (``fastpart.records.paper_csv``, as eval.csv), the gradient-masking checks (counted: passed, FAILED by name,
+  skipped: a check that did not run is neither) and the CIFAR-10-C table when present;
 * the training summary of ``metrics.jsonl`` and ``training.png`` (loss, train natural/adversarial
   accuracy, test accuracies on the eval epochs; burn-in and masked phases shaded);
 * ``eps_curve.png``: accuracy against the budget, when ``eval.json`` holds the curve;
 * ``figure2.png``, after the paper's Figure 2: for a few test images, the image, its CAM, the
   important-pixel mask (PART's per-pixel budget: ``eps`` on important pixels, ``eps_low`` elsewhere)
-  and the perturbation of a mask-weighted PGD-10 under that budget (runs without masks: the uniform
-  budget; their mask column shows what PART's settings would mark, unused by the run).
+  and |perturbation| per pixel of a mask-weighted PGD-10 under that budget, on one colour scale with the
+  mask's outline (runs without masks: the uniform budget; their mask shows what PART's settings would
+  mark, unused by the run).
 
-Several runs (``fastpart report A B``) -> a comparison in ``<A>/report-vs-<B name>/`` (or ``--out``):
-the accuracies side by side (table and grouped bar chart), the training curves overlaid and the
-Figure-2 rows of every model on the same test images. Runs that differ only in their seed are also
-summarised as Table 1 (``fastpart.tables``: mean ± sample std per column, with n; ``table1.csv``).
+Several runs (``fastpart report A B``) -> a comparison in ``reports/<A name>-vs-<B name>/`` under the
+current folder (beside ``runs/``; never inside a run), or ``--out``: the accuracies side by side (table and
+grouped bar chart), the training curves overlaid and the Figure-2 rows of every model on the same test
+images. Runs that differ only in their seed are also summarised as Table 1 (``fastpart.tables``: mean ±
+sample std per column, with n; ``table1.csv``).
 
-Every file is written atomically. The figures are ``fastpart.figures``.
+Every file is written atomically. The figures are ``fastpart.figures`` and ``fastpart.panels``.
 """
 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm import tqdm
+
 from fastpart.atomic import write_bytes_atomic
 from fastpart.errors import FastpartError
-from fastpart.figures import (PANEL_STEPS, PHASE_COLOURS, Panel, accuracy_figure, budget_label, compute_panel,
-                              curve_points, eps_curve_figure, figure2,
-                              test_keys, test_label, training_figure)
-from fastpart.records import RunRecords, is_number, paper_csv, read_run
+from fastpart.figures import (PHASE_COLOURS, accuracy_figure, budget_label, curve_points, eps_curve_figure,
+                              num_classes, test_keys, test_label, training_figure)
+from fastpart.panels import Panel, compute_panel, figure2, figure2_section
+from fastpart.records import RunRecords, check_result, checks_verdict, is_number, paper_csv, read_run
 from fastpart.resolve import resolve_device
-from fastpart.runfolder import EVAL, METRICS
+from fastpart.runfolder import EVAL, METRICS, REPORT
 from fastpart.tables import (group_by_seed, paired_differences, paired_markdown, paper_comparison, table1_csv,
                              table1_markdown)
 
-__all__ = ["csv_rows", "percent", "training_summary", "write_report"]
+__all__ = ["COMPARISONS", "checks_verdict", "csv_rows", "default_out", "percent", "training_summary", "write_report"]
+
+COMPARISONS = "reports"  # where comparisons of several runs go by default: reports/<a>-vs-<b>/, beside runs/
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +79,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _accuracy_cell(name: str, entry: dict[str, Any]) -> str:
-    if name == "checks" and "passed" in entry and not is_number(entry.get("accuracy")):
-        return "all passed" if entry["passed"] else "FAILED"
+    if name == "checks" and ("passed" in entry or "checks" in entry) and not is_number(entry.get("accuracy")):
+        return checks_verdict(entry)
     if name == "eps-curve" and not is_number(entry.get("accuracy")):
         return "see eps_curve.png"
     return percent(entry.get("accuracy"))
@@ -213,7 +221,8 @@ def _training_section(records: RunRecords, figure: str | None) -> list[str]:
     if figure:
         lines += [f"![training curves]({figure})", "",
                   "Training curves: loss, training accuracy (dashed: natural, solid: adversarial) and test accuracy "
-                  "on the eval epochs" + ("; burn-in (orange) and masked (green) epochs shaded." if any(
+                  "on the eval epochs (±1 standard error, binomial; n in the legend); accuracy axes 0-100% with the "
+                  "chance level dashed grey" + ("; burn-in (orange) and masked (green) epochs shaded." if any(
                       r.get("phase") in PHASE_COLOURS for r in records.metrics) else "."), ""]
     return lines
 
@@ -222,11 +231,12 @@ def _checks_section(records: RunRecords, heading: str = "## Gradient-masking che
     entry = records.results.get("checks")
     if not isinstance(entry, dict) or not isinstance(entry.get("checks"), list):
         return []
-    rows = [[c.get("name", "?"), "pass" if c.get("passed") else "FAIL", c.get("detail", "")]
-            for c in entry["checks"] if isinstance(c, dict)]
-    verdict = "all passed" if entry.get("passed") else "at least one FAILED: the robust accuracy may be overstated"
-    return ([heading, "", f"{entry.get('label', 'checks')}: **{verdict}**.", ""]
-            + _table(["check", "result", "detail"], rows) + [""])
+    checks = [c for c in entry["checks"] if isinstance(c, dict)]
+    rows = [[c.get("name", "?"), check_result(c), c.get("detail", "")] for c in checks]
+    verdict = f"{entry.get('label', 'checks')}: **{checks_verdict(entry, names=True)}**"
+    if any(check_result(c) == "FAIL" for c in checks):
+        verdict += " — the robust accuracy may be overstated"
+    return [heading, "", verdict + ".", ""] + _table(["check", "result", "detail"], rows) + [""]
 
 
 def _severities(per_corruption: dict[str, Any]) -> list[str]:
@@ -252,74 +262,46 @@ def _cifar10c_section(records: RunRecords) -> list[str]:
             + _table(["corruption"] + [f"severity {s}" for s in severities] + ["mean"], rows) + [""])
 
 
-def _panel_lines(panel: Panel, head: str = "") -> list[str]:
-    fractions = ", ".join(f"#{i} {100 * f:.2f}%" for i, f in zip(panel.indices, panel.image_fractions()))
-    lines = [f"- {head}test images: {', '.join(f'#{i}' for i in panel.indices)}",
-             f"- {head}important pixels: {100 * panel.important_fraction():.2f}% of the panel's pixels "
-             f"(per image: {fractions})" + ("" if panel.pixel_reweighted else " — shown only, not used by this run")]
-    degenerate = sum(panel.degenerate)
-    if degenerate:
-        lines.append(f"- {head}degenerate maps: {degenerate} (eps everywhere)")
-    if panel.pixel_reweighted:
-        lines.append(f"- {head}largest |perturbation|: {255 * panel.max_delta(True):.2f}/255 on important pixels "
-                     f"(budget {budget_label(panel.eps)}), {255 * panel.max_delta(False):.2f}/255 on the others "
-                     f"(budget {budget_label(panel.eps_low)})")
-    else:
-        largest = max(panel.max_delta(True), panel.max_delta(False))
-        lines.append(f"- {head}largest |perturbation|: {255 * largest:.2f}/255 (uniform budget {budget_label(panel.eps)})")
-    return lines
-
-
-def _figure2_section(panels: Sequence[Panel], notes: Sequence[str], figure: str | None) -> list[str]:
-    lines = ["## Figure 2: CAM, mask and perturbation", ""]
-    if figure:
-        lines += [f"![figure 2]({figure})", "",
-                  f"Columns: test image; its CAM (run's CAM settings, fp32); the important-pixel mask (white: budget "
-                  f"eps, black: eps_low; per colour channel in reference mask mode); the perturbation of a "
-                  f"cross-entropy PGD-{PANEL_STEPS} under the run's budget, mapped from "
-                  "[-eps, eps] to [0, 1]. Row labels: index, label, prediction on the image and on the adversarial "
-                  "image.", ""]
-        several = len(panels) > 1
-        for panel in panels:
-            lines += _panel_lines(panel, f"{panel.run_name}: " if several else "")
-        lines.append("")
-    for note in notes:
-        lines += [f"Figure-2 panel skipped: {note}", ""]
-    return lines
-
-
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
 
 
-def _default_out(runs: Sequence[RunRecords]) -> Path:
+def default_out(runs: Sequence[RunRecords]) -> Path:
+    """One run: ``<run>/report``. Several: ``reports/<a>-vs-<b>`` under the current folder, inside no run."""
     if len(runs) == 1:
-        return runs[0].path / "report"
-    return runs[0].path / ("report-vs-" + "-".join(r.name for r in runs[1:]))
+        return runs[0].path / REPORT
+    name = "-vs-".join(r.name for r in runs)
+    if len(name) > 120:
+        digest = hashlib.sha256("\n".join(str(r.path.resolve()) for r in runs).encode()).hexdigest()[:8]
+        name = f"{runs[0].name[:60]}-vs-{len(runs) - 1}-runs-{digest}"
+    return Path(COMPARISONS) / name
 
 
-def _panels(runs: Sequence[RunRecords], n_images: int, device: str, data_dir: str | None) -> tuple[list[Panel], list[str]]:
+def _panels(runs: Sequence[RunRecords], n_images: int, device: str, data_dir: str | None,
+            bar: tqdm) -> tuple[list[Panel], list[str]]:
     panels, notes = [], []
     if n_images <= 0:
         return panels, ["--images 0."]
     for records in runs:
+        bar.set_description(f"report: figure 2 of {records.name}")
         try:
             panels.append(compute_panel(records.path, n_images, device, data_dir))
         except FastpartError as exc:
             hint = "" if data_dir else " (pass --data-dir where the converted dataset lives)"
             notes.append(f"`{records.name}`: {exc}{hint}")
+        bar.update()
     return panels, notes
 
 
 def write_report(runs: Sequence[str | Path], out: str | Path | None = None, n_images: int = 4,
-                 device: str = "cpu", data_dir: str | None = None) -> Path:
+                 device: str = "cpu", data_dir: str | None = None, progress: bool = True) -> Path:
     """Write the report of one run, or the comparison of several, and return the markdown's path.
 
-    ``out``: the report folder (default ``<run>/report`` for one run, ``<first run>/report-vs-<second
-    run name>`` for two); it receives ``report.md`` and its PNG figures, each written atomically.
-    ``n_images``: test images in the Figure-2 panel (0: none). ``data_dir`` overrides where the runs'
-    converted datasets live; without the dataset the panel is skipped with a note.
+    ``out``: the report folder (default ``default_out``: ``<run>/report``, or ``reports/<a>-vs-<b>``); it receives
+    ``report.md`` and its PNG figures, each written atomically. ``n_images``: test images in the Figure-2 panel
+    (0: none). ``data_dir`` overrides where the runs' converted datasets live; without the dataset the panel is
+    skipped with a note. ``progress``: a progress bar on stderr when it is a terminal (False: none).
     """
     if not runs:
         raise FastpartError("give at least one run folder")
@@ -327,24 +309,30 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None, n_im
         raise FastpartError(f"--images must be >= 0, got {n_images}")
     device = resolve_device(device)
     records = [read_run(r) for r in runs]
-    folder = Path(out) if out is not None else _default_out(records)
+    folder = Path(out) if out is not None else default_out(records)
     if folder.exists() and not folder.is_dir():
         raise FastpartError(f"--out {folder} exists and is not a folder")
-    panels, notes = _panels(records, n_images, device, data_dir)
-    figures: dict[str, bytes] = {}
-    if any(r.metrics for r in records):
-        figures["training.png"] = training_figure([r for r in records if r.metrics])
-    if any(curve_points(r) for r in records):
-        figures["eps_curve.png"] = eps_curve_figure(records)
-    if panels:
-        figures["figure2.png"] = figure2(panels)
+    steps = (len(records) if n_images > 0 else 0) + 1  # the slow parts: each run's panel, then the figures
+    with tqdm(total=steps, desc="report", unit="step", leave=False, disable=None if progress else True) as bar:
+        panels, notes = _panels(records, n_images, device, data_dir, bar)
+        bar.set_description("report: figures")
+        classes = [num_classes(r, data_dir) for r in records]
+        figures: dict[str, bytes] = {}
+        if any(r.metrics for r in records):
+            figures["training.png"] = training_figure([r for r in records if r.metrics],
+                                                      [c for r, c in zip(records, classes) if r.metrics])
+        if any(curve_points(r) for r in records):
+            figures["eps_curve.png"] = eps_curve_figure(records, classes)
+        if panels:
+            figures["figure2.png"] = figure2(panels)
+        bar.update()
     groups = group_by_seed(records)
     if len(records) == 1:
         lines = _single_markdown(records[0], panels, notes, figures)
     else:
         names = _attack_names(records)
         if names:
-            figures["accuracy.png"] = accuracy_figure(records, names)
+            figures["accuracy.png"] = accuracy_figure(records, names, classes)
         lines = _comparison_markdown(records, panels, notes, figures, names)
         if len(groups) < len(records):  # some runs differ only by their seed: Table 1 with mean ± std
             lines[2:2] = ["## Table 1: mean ± sample std over seeds (percent)", "", *table1_markdown(groups), "",
@@ -374,7 +362,7 @@ def _single_markdown(records: RunRecords, panels: list[Panel], notes: list[str],
     lines += _checks_section(records)
     lines += _cifar10c_section(records)
     lines += _training_section(records, "training.png" if "training.png" in figures else None)
-    lines += _figure2_section(panels, notes, "figure2.png" if "figure2.png" in figures else None)
+    lines += figure2_section(panels, notes, "figure2.png" if "figure2.png" in figures else None)
     return lines
 
 
@@ -435,6 +423,7 @@ def _comparison_markdown(runs: list[RunRecords], panels: list[Panel], notes: lis
     lines.append("")
     if "training.png" in figures:
         lines += ["![training curves overlaid](training.png)", "",
-                  "One colour per run; dashed: natural, solid: adversarial.", ""]
-    lines += _figure2_section(panels, notes, "figure2.png" if "figure2.png" in figures else None)
+                  "One colour per run; dashed: natural, solid: adversarial; test accuracies ±1 standard error "
+                  "with n in the legend; chance level dashed grey.", ""]
+    lines += figure2_section(panels, notes, "figure2.png" if "figure2.png" in figures else None)
     return lines

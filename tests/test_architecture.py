@@ -29,7 +29,7 @@ STAGES = [
     # accuracy; the run folder; what a run records of where it ran; PART's attack as an object
     ["resolve", "records", "progress"],  # a TrainConfig -> what the stages take; a run's text records; what a run
     # says about itself (its opening line, the estimate of its length)
-    ["measurements", "figures", "interop", "tables"],
+    ["measurements", "figures", "panels", "interop", "tables"],  # panels: the Figure-2 panel of the report
     ["training", "evaluation", "report"],
     ["cli"],
     ["__main__"],

@@ -15,7 +15,7 @@ from PIL import Image
 from fastpart.cli import main
 from fastpart.data.splitfiles import read_split, split_path
 from fastpart.part import eps_levels
-from fastpart.figures import compute_panel, panel_indices
+from fastpart.panels import compute_panel, panel_indices
 from fastpart.resolve import mask_plan
 from fastpart.runfolder import load_run
 
@@ -82,7 +82,8 @@ def test_single_run_report(runs, capsys):
     assert "precision **fp32**" in text
     assert "method,dataset,model,natural,pgd20,mma,aa\npart,shapes,resnet18_cifar_w8,83.42,43.65,41.98,41.74\n" in text
     assert "| unbounded_reaches_zero | FAIL | eps 1: 3.1% left |" in text and "| pgd1_vs_pgd20 | pass |" in text
-    assert "at least one FAILED" in text
+    assert "gradient-masking checks: **1 FAILED: unbounded_reaches_zero; 1 passed** — the robust accuracy may be" in text
+    assert "all passed" not in text
     assert "| gaussian_noise | 81.0% | 72.0% | 63.0% | 54.0% | 45.0% | 63.0% |" in text
     assert "| epochs | 2 |" in text and "| phases | burn-in 1, masked 1 |" in text
     metrics = [json.loads(line) for line in (runs["part"] / "metrics.jsonl").read_text().splitlines()]
@@ -153,10 +154,12 @@ def test_comparison_of_two_runs(runs, capsys):
         assert figure.size[1] > 600  # 2 images x 2 models = 4 rows of about 200 pixels
 
 
-def test_comparison_default_folder(runs, capsys):
+def test_comparison_default_folder(runs, capsys, monkeypatch):
+    monkeypatch.chdir(runs["root"])
     assert main(["report", str(runs["part"]), str(runs["at"]), "--images", "0"]) == 0
     path = Path(capsys.readouterr().out.strip())
-    assert path == runs["part"] / "report-vs-at" / "report.md"
+    assert path == Path("reports") / "part-vs-at" / "report.md"  # beside the runs, inside neither
+    assert not (runs["part"] / "report-vs-at").exists()
     assert "Figure-2 panel skipped: --images 0." in path.read_text()
     assert not (path.parent / "figure2.png").exists()
 
