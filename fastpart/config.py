@@ -302,6 +302,10 @@ def check_eval(cfg: EvalConfig) -> None:
         if value is not None and value < 1:
             raise FastpartError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if cfg.checkpoint in ("last", "best"):
+        if cfg.model is not None or cfg.normalize is not None:
+            raise FastpartError("--model and --normalize are for plain state dicts: give --checkpoint FILE")
+        if not cfg.run:
+            raise FastpartError("give the run folder to evaluate (or --checkpoint FILE --model NAME --dataset D)")
         run = Path(cfg.run)
         if not run.exists():
             raise FastpartError(f"no run at {run}: give a run folder written by `fastpart train` (or its checkpoint.pt)")
@@ -312,9 +316,11 @@ def check_eval(cfg: EvalConfig) -> None:
     else:
         if not Path(cfg.checkpoint).is_file():
             raise FastpartError(f"--checkpoint {cfg.checkpoint}: no such file (or give last or best)")
-        missing = [f"--{n}" for n in ("model", "dataset") if getattr(cfg, n) is None]
-        if missing:
-            raise FastpartError(f"--checkpoint FILE (a state dict fastpart did not write) needs {' and '.join(missing)}")
+        if cfg.model is None or cfg.dataset is None:
+            raise FastpartError(f"--checkpoint {cfg.checkpoint}: a state dict file needs --model NAME and --dataset D "
+                                f"(and --data-dir where D is converted)")
+        if cfg.weights != "live":
+            raise FastpartError("--weights ema is for fastpart runs trained with --ema")
 
 
 def converted_datasets(data_dir: str) -> list[str]:

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 import fastpart
 from fastpart.atomic import hold, output_error, write_bytes_atomic, write_json_atomic
-from fastpart.config import EvalConfig
+from fastpart.config import EvalConfig, check_eval
 from fastpart.data.datasets import file_checksum
 from fastpart.data.splitfiles import read_split, split_path
 from fastpart.errors import FastpartError
@@ -213,17 +213,9 @@ def autoattack_summary(batches: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluated_model(cfg: EvalConfig, device: torch.device) -> LoadedRun:
     """The model under evaluation: a run's (``--checkpoint last|best``, ``--weights live|ema``), or a plain
     state dict fastpart did not write (``--checkpoint FILE --model NAME --dataset D``)."""
+    check_eval(cfg)  # the settings' mistakes, one line each (the CLI checked them before importing torch)
     if cfg.checkpoint in CHECKPOINTS:
-        if cfg.model is not None or cfg.normalize is not None:
-            raise FastpartError("--model and --normalize are for plain state dicts: give --checkpoint FILE")
-        if not cfg.run:
-            raise FastpartError("give the run folder to evaluate (or --checkpoint FILE --model NAME --dataset D)")
         return load_run(cfg.run, device, cfg.data_dir, checkpoint=cfg.checkpoint, weights=cfg.weights)
-    if cfg.model is None or cfg.dataset is None:
-        raise FastpartError(f"--checkpoint {cfg.checkpoint}: a state dict file needs --model NAME and --dataset D "
-                            f"(and --data-dir where D is converted)")
-    if cfg.weights != "live":
-        raise FastpartError("--weights ema is for fastpart runs trained with --ema")
     return load_weights(cfg.checkpoint, cfg.model, cfg.dataset, cfg.data_dir or "data", device, cfg.normalize)
 
 

@@ -218,7 +218,7 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys):
     assert main(["eval", str(trained), "--attacks", "natural,fgsm", "--out", str(tmp_path)]) == 2
     assert main(["eval", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "unknown attack 'fgsm'" in err[0] and "no checkpoint" in err[1]
+    assert len(err) == 2 and "unknown attack 'fgsm'" in err[0] and "no run at" in err[1]
 
 
 def test_autoattack_needs_four_classes():

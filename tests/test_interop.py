@@ -21,7 +21,7 @@ from formats import CIFAR10_CLASS_NAMES, CIFAR10_PYTHON_FOLDER
 from fastpart.cli import main
 from fastpart.data.splitfiles import read_split, split_path
 
-N = 40  # test images of the tiny CIFAR-10
+N = 20  # test images of the tiny CIFAR-10
 
 
 def results(path: Path) -> dict[str, float]:

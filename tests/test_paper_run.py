@@ -62,7 +62,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
     (["run", "--n", "0"], "--n must be >= 1, got 0"),
     (["run", "--checkpoint", "best"], "no best.pt in run (best.pt: a run trained with --val-n)"),
     (["--checkpoint", "zoo.pt"], "--checkpoint zoo.pt: no such file"),
-    (["--checkpoint", "run/checkpoint.pt"], "needs --model and --dataset"),
+    (["--checkpoint", "run/checkpoint.pt"], "a state dict file needs --model NAME and --dataset D"),
     (["run", "--eps", "8"], "did you mean 8/255?"),
 ])
 def test_a_mistaken_evaluation_is_one_line_before_torch_is_imported(tmp_path, args, message):
