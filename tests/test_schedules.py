@@ -95,3 +95,18 @@ def test_the_shapes_demo_defaults_to_a_short_schedule_that_learns_and_the_papers
     mine = resolve(TrainConfig(dataset="shapes", lr_schedule="step", eps_delay=0, device="cpu"),
                    paper_defaults({"dataset": "shapes"}))
     assert (mine.lr_schedule, mine.eps_delay, mine.eps_warmup) == ("step", 0.0, 2.0)  # what is given is kept
+
+
+@pytest.mark.slow
+def test_the_quickstart_leaves_chance_within_two_epochs(tmp_path, monkeypatch):
+    """The README's quickstart as written (PART on the shapes demo, its default schedule, seed 0), stopped after its
+    second epoch: the model then classifies well above chance (10%). With the paper's step schedule attacked from the
+    first batch it sat at chance for 2 to 7 epochs, by seed."""
+    data = tmp_path / "data"
+    assert main(["convert", "shapes", "--out", str(data), "--format", "npz"]) == 0
+    with ctrl_c_before_epoch(monkeypatch, 3):
+        assert main(["train", "--dataset", "shapes", "--steps", "3", "--data-dir", str(data), "--out",
+                     str(tmp_path / "run"), "--eval-every", "2", "--eval-n", "300", "--eval-steps", "1"]) == 130
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["test_natural_acc"] > 0.3, records[1]
