@@ -311,7 +311,7 @@ def check_eval(cfg: EvalConfig) -> None:
             raise FastpartError(f"no run at {run}: give a run folder written by `fastpart train` (or its checkpoint.pt)")
         wanted = run / ("best.pt" if cfg.checkpoint == "best" else "checkpoint.pt")
         if run.is_dir() and not wanted.is_file():
-            more = " (best.pt: a run trained with --val-n)" if cfg.checkpoint == "best" else ""
+            more = " (best.pt is written by runs trained with --val-n)" if cfg.checkpoint == "best" else ""
             raise FastpartError(f"no {wanted.name} in {run}{more}: is it a run folder written by `fastpart train`?")
     else:
         if not Path(cfg.checkpoint).is_file():

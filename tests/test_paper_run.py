@@ -60,7 +60,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
     (["run", "--attacks", "natural,autoattack"], "unknown attack 'autoattack' (did you mean aa?)"),
     (["run", "--attacks", "pgd-20"], "unknown attack 'pgd-20'"),
     (["run", "--n", "0"], "--n must be >= 1, got 0"),
-    (["run", "--checkpoint", "best"], "no best.pt in run (best.pt: a run trained with --val-n)"),
+    (["run", "--checkpoint", "best"], "no best.pt in run (best.pt is written by runs trained with --val-n)"),
     (["--checkpoint", "zoo.pt"], "--checkpoint zoo.pt: no such file"),
     (["--checkpoint", "run/checkpoint.pt"], "a state dict file needs --model NAME and --dataset D"),
     (["run", "--eps", "8"], "did you mean 8/255?"),
