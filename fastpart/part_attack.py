@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.objects import PGD
-from fastpart.attacks.robust import attack_labels, check_budget_value
+from fastpart.inputs import attack_labels, check_budget_value
 from fastpart.budgets import EpsLevels
 from fastpart.part import MaskSettings, part_budget
 

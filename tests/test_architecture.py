@@ -17,7 +17,7 @@ STAGES = [
     ["errors"],
     ["options"],  # the option table's machinery, budgets as users write them
     ["config", "atomic", "modes", "averaging", "budgets"],
-    ["precision", "schedules", "data.arrays"],
+    ["precision", "schedules", "inputs", "data.arrays"],  # inputs: the public entry points' argument checks
     ["data.splitfiles", "data.shapes", "data.imageops"],
     ["data.corruptions", "data.sources"],
     ["data.readers"],

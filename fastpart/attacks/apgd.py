@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss, widen
-from fastpart.attacks.robust import attack_inputs
+from fastpart.inputs import attack_inputs
 from fastpart.budgets import Eps, eps_tensor_or_float
 from fastpart.modes import eval_mode
 

@@ -33,7 +33,8 @@ import torch.nn as nn
 from fastpart.attacks.apgd import apgd
 from fastpart.attacks.losses import margin, margin_loss_targeted, widen
 from fastpart.attacks.pgd import pgd
-from fastpart.attacks.robust import attack_inputs, budget_rows
+from fastpart.attacks.robust import budget_rows
+from fastpart.inputs import attack_inputs
 from fastpart.budgets import Eps
 from fastpart.modes import eval_mode
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss
 from fastpart.attacks.pgd import pgd
-from fastpart.attacks.robust import check_budget_value, check_steps
+from fastpart.inputs import check_budget_value, check_steps
 from fastpart.budgets import Eps
 
 __all__ = ["PGD"]

@@ -26,7 +26,7 @@ With eps a float (or the same value everywhere) this is standard PGD. The model 
 (batch-norm statistics frozen) and only the input gradient is computed: parameters are frozen for the attack.
 
 The defaults are the field's (torchattacks' PGD, Madry et al.'s CIFAR-10 attack): eps 8/255, alpha 2/255,
-10 steps. The arguments are checked (``fastpart.attacks.robust.attack_inputs``: ``ValueError``, one line):
+10 steps. The arguments are checked (``fastpart.inputs.attack_inputs``: ``ValueError``, one line):
 budgets and alpha in [0, 1] units (8/255, not 8), x a float tensor in [0, 1], y integer labels (int32 is cast
 to int64). The range check of x reads it on the host once; ``check_inputs=False`` skips it (training's
 per-batch generators, whose inputs the loader already guarantees).
@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss
-from fastpart.attacks.robust import attack_inputs
+from fastpart.inputs import attack_inputs
 from fastpart.budgets import Eps, EpsLevels
 from fastpart.config import PGD_STARTS
 from fastpart.kernels import pgd_step_, pgd_step_reference, start_dtype, uniform_start

@@ -17,7 +17,6 @@ refresh of a training split with it. ``refresh_epochs`` is the schedule of those
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch.nn as nn
 from fastpart.budgets import EpsLevels
 from fastpart.errors import FastpartError
 from fastpart.modes import eval_mode
-from fastpart.options import parse_budget
+from fastpart.inputs import attack_inputs, check_budget_value
 from fastpart.part.cache import cache_key, key_inputs
 from fastpart.part.cam import CamFn, class_activation_maps
 from fastpart.part.levels import MaskSettings, cam_targets, compute_split_levels, eps_levels
@@ -125,24 +124,8 @@ def part_budget(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     synchronisation reads their range) or float labels are a ``ValueError``; integer labels are cast to int64.
     """
     for name, value in (("eps", eps), ("eps_low", eps_low)):
-        try:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise FastpartError(f"give a number in [0, 1] units (8 / 255), got {value!r}")
-            parse_budget(float(value))
-        except FastpartError as error:
-            raise ValueError(f"part_budget: {name}: {error}") from None
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise ValueError(f"part_budget: images x must be a float tensor in [0, 1], got "
-                         f"{x.dtype if torch.is_tensor(x) else type(x).__name__} (0-255 images: x.float() / 255)")
-    low, high = torch.stack([x.detach().amin(), x.detach().amax()]).float().tolist() if x.numel() else (0.0, 1.0)
-    if not (low >= 0 and high <= 1):
-        raise ValueError(f"part_budget: images must be in [0, 1], got values in [{low:g}, {high:g}] "
-                         "(0-255 images: divide by 255)")
-    if y is not None:
-        if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"part_budget: labels y must be a tensor of class indices of an integer dtype, got "
-                             f"{y.dtype if torch.is_tensor(y) else type(y).__name__}")
-        y = y.long()
+        check_budget_value(f"part_budget: {name}", value, numbers_only=True)
+    y = attack_inputs("part_budget", x, y, eps)
     plan = MaskPlan(settings or MaskSettings(), eps, eps_low, precision)
     return plan.batch_budget(model, x, y)[0]
 
