@@ -73,28 +73,37 @@ def element_wise_clamp(eta: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor
     return torch.where(eta < -epsilon, -epsilon, eta_clamped)
 
 
-def official_trades_step(model, optimizer, x_natural, y, weighted_eps, normal_noise, step_size=ALPHA,
-                         epsilon=EPS, perturb_steps=STEPS, beta=6.0):
-    """trades.py's trades_loss (weighted_eps not None: the released part_trades.py), then backward and step.
-    ``normal_noise`` stands for torch.randn(x.shape). Returns (x_adv, loss)."""
-    criterion_kl = nn.KLDivLoss(reduction="sum")
+def official_attack(model, x_natural, attack_loss, weighted_eps, normal_noise, step_size, epsilon, perturb_steps):
+    """The PGD loop trades.py and mart.py share (weighted_eps not None: the released part_trades.py and
+    part_mart.py): from x + 0.001 * normal_noise, not clipped; ``attack_loss(x_adv)`` is the ascended loss.
+    ``normal_noise`` stands for torch.randn(x.shape). The model is left in train mode, as there."""
     model.eval()
-    batch_size = len(x_natural)
     x_adv = x_natural.detach() + 0.001 * normal_noise
     for _ in range(perturb_steps):
         x_adv.requires_grad_()
         with torch.enable_grad():
-            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x_natural), dim=1))
-        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+            loss = attack_loss(x_adv)
+        grad = torch.autograd.grad(loss, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
         if weighted_eps is None:
-            x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
             x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
         else:
-            x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
             x_adv = x_natural + element_wise_clamp(x_adv - x_natural, weighted_eps)
         x_adv = torch.clamp(x_adv, 0.0, 1.0)
     model.train()
-    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    return torch.clamp(x_adv, 0.0, 1.0).detach()
+
+
+def official_trades_step(model, optimizer, x_natural, y, weighted_eps, normal_noise, step_size=ALPHA,
+                         epsilon=EPS, perturb_steps=STEPS, beta=6.0):
+    """trades.py's trades_loss (weighted_eps not None: the released part_trades.py), then backward and step.
+    Returns (x_adv, loss)."""
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    batch_size = len(x_natural)
+    x_adv = official_attack(
+        model, x_natural,
+        lambda x_adv: criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x_natural), dim=1)),
+        weighted_eps, normal_noise, step_size, epsilon, perturb_steps)
     optimizer.zero_grad()
     logits = model(x_natural)
     loss_natural = F.cross_entropy(logits, y)
@@ -110,22 +119,9 @@ def official_mart_step(model, optimizer, x_natural, y, weighted_eps, normal_nois
                        epsilon=EPS, perturb_steps=STEPS, beta=6.0):
     """mart.py's mart_loss (weighted_eps not None: the released part_mart.py), then backward and step."""
     kl = nn.KLDivLoss(reduction="none")
-    model.eval()
     batch_size = len(x_natural)
-    x_adv = x_natural.detach() + 0.001 * normal_noise
-    for _ in range(perturb_steps):
-        x_adv.requires_grad_()
-        with torch.enable_grad():
-            loss_ce = F.cross_entropy(model(x_adv), y)
-        grad = torch.autograd.grad(loss_ce, [x_adv])[0]
-        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
-        if weighted_eps is None:
-            x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
-        else:
-            x_adv = x_natural + element_wise_clamp(x_adv - x_natural, weighted_eps)
-        x_adv = torch.clamp(x_adv, 0.0, 1.0)
-    model.train()
-    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    x_adv = official_attack(model, x_natural, lambda x_adv: F.cross_entropy(model(x_adv), y), weighted_eps,
+                            normal_noise, step_size, epsilon, perturb_steps)
     optimizer.zero_grad()
     logits = model(x_natural)
     logits_adv = model(x_adv)
