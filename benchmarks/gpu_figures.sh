@@ -50,22 +50,11 @@ fi
 out="${1:?usage: bash benchmarks/gpu_figures.sh OUTDIR   (or --prepare)}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+source benchmarks/gpu_common.sh
+logs="$out" tail_lines=25
+install_carried_wheels
 archive="$(ls data/downloads/cifar10*.tar.gz data/downloads/cifar-10-python.tar.gz 2>/dev/null | head -1)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
-
-step() {  # step NAME SECONDS COMMAND...: run under a time limit, log to OUTDIR/NAME.log, summarise in steps.txt
-    local name="$1" limit="$2" start rc
-    shift 2
-    start=$(date +%s)
-    timeout "$limit" "$@" > "$out/$name.log" 2>&1
-    rc=$?
-    echo "$name: exit $rc after $(( $(date +%s) - start )) s" | tee -a "$out/steps.txt"
-    tail -n 25 "$out/$name.log"
-}
 
 step convert 90 "$py" -m fastpart convert cifar10 --source "$archive" --out data --format npz
 step fastpath 300 "$py" benchmarks/bench_fastpath.py --data-dir data --dataset cifar10 --train-n 20000 \

@@ -22,22 +22,11 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 work="$(mktemp -d)"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+source benchmarks/gpu_common.sh
+logs="$work" tail_lines=15  # step's logs go into the work folder (OUTDIR keeps at most 8 files)
+install_carried_wheels
 export FASTPART="$py -m fastpart"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$work/gpu.txt" 2>&1
-
-step() {  # step NAME SECONDS COMMAND...: run under a time limit, log to the work folder, summarise in steps.txt
-    local name="$1" limit="$2" start rc
-    shift 2
-    start=$(date +%s)
-    timeout "$limit" "$@" > "$work/$name.log" 2>&1
-    rc=$?
-    echo "$name: exit $rc after $(( $(date +%s) - start )) s" | tee -a "$out/steps.txt"
-    tail -n 15 "$work/$name.log"
-}
 
 study=(bash pipelines/cpu_study.sh --seeds 0 --out "$work/study" --data-dir "$work/data")
 if [ "$smoke" = "--smoke" ]; then
