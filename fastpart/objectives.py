@@ -161,8 +161,16 @@ class Objective:
     train_loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss; see loss
     beta: float = 0.0
     attack_needs_natural_probs: bool = False  # the attack uses softmax(f(x)) (TRADES): compute it first
-    forwards: tuple[str, ...] = ("adv",)  # train-mode forwards in order ("nat": x, "adv": x'); a repeat is replayed
+    forwards: tuple[str, ...] | None = None  # train-mode forwards in order ("nat": x, "adv": x'; a repeat is
+    # replayed); None: x, x' when the loss uses f(x), else x' alone
     released_start: str = ""  # the released PART code's start under PART's mask ("": ``start``)
+
+    def __post_init__(self) -> None:
+        if self.forwards is None:
+            object.__setattr__(self, "forwards", ("nat", "adv") if self.needs_natural_logits else ("adv",))
+        if "adv" not in self.forwards or ("nat" in self.forwards) != self.needs_natural_logits:
+            raise ValueError(f"objective {self.name!r}: forwards {self.forwards} must hold 'adv', and 'nat' exactly "
+                             f"when needs_natural_logits ({self.needs_natural_logits})")
 
     def loss(self, logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor,
              beta: float | None = None) -> torch.Tensor:
@@ -180,7 +188,7 @@ OBJECTIVES: dict[str, Objective] = {
     "at": Objective("at", "uniform", False, ce_attack, at_loss, released_start="uniform-unclipped"),
     "trades": Objective("trades", "normal-unclipped", True, trades_attack, trades_loss, TRADES_BETA, True,
                         forwards=("nat", "adv", "nat")),
-    "mart": Objective("mart", "normal-unclipped", True, ce_attack, mart_loss, MART_BETA, forwards=("nat", "adv")),
+    "mart": Objective("mart", "normal-unclipped", True, ce_attack, mart_loss, MART_BETA),  # forwards x, x'
 }
 
 

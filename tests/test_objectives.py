@@ -15,6 +15,7 @@ from fastpart.config import METHODS
 from fastpart.errors import FastpartError
 from fastpart.objectives import (
     OBJECTIVES,
+    Objective,
     attack_loss_fn,
     get_objective,
     kl_sum,
@@ -286,3 +287,34 @@ def test_trades_attack_through_pgd_raises_the_kl_term():
         kl_start, kl_adv = kl_sum(model(x_start), probs), kl_sum(model(x_adv), probs)
     assert kl_adv > 10 * kl_start
     assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_an_objective_made_without_forwards_gets_them_from_whether_its_loss_uses_f_x():
+    """A user's objective whose loss uses f(x) got no natural logits in the update (forwards defaulted to x' alone):
+    the forwards follow needs_natural_logits unless given, and contradicting it is refused."""
+    from fastpart.attacks.generators import GeneratorSettings, make_generator
+    from fastpart.attacks.losses import ce_loss
+    from fastpart.step import train_step
+
+    seen = []
+
+    def loss(logits_adv, logits_nat, y, beta):
+        seen.append(logits_nat)
+        return nn.functional.cross_entropy(logits_adv, y) + beta * nn.functional.cross_entropy(logits_nat, y)
+
+    mine = Objective("mine", "uniform", True, lambda logits, y, probs: ce_loss(logits, y), loss, 0.5)
+    assert mine.forwards == ("nat", "adv")
+    assert Objective("plain", "uniform", False, OBJECTIVES["at"].attack_loss, OBJECTIVES["at"].train_loss).forwards \
+        == ("adv",)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 2, 0])
+    model(x)
+    generate = make_generator("pgd", GeneratorSettings(mine.attack_loss, "uniform", 2 / 255, 1))
+    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), mine, generate, x, y, 8 / 255,
+               torch.Generator().manual_seed(0))
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (4, 3)
+    with pytest.raises(ValueError, match="'nat' exactly when needs_natural_logits"):
+        Objective("bad", "uniform", True, mine.attack_loss, loss, forwards=("adv",))
+    with pytest.raises(ValueError, match="must hold 'adv'"):
+        Objective("bad", "uniform", True, mine.attack_loss, loss, forwards=("nat",))
