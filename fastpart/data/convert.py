@@ -34,7 +34,7 @@ from fastpart.data.datasets import DatasetInfo, ReadResult, SplitData, file_chec
 from fastpart.data.fetch import fingerprint, is_official, resolve_source
 from fastpart.data.imageops import spooling
 from fastpart.errors import DatasetError, FastpartError
-from fastpart.data.splitfiles import MANIFEST, load_manifest, read_split, write_beton, write_npz
+from fastpart.data.splitfiles import MANIFEST, import_ffcv, load_manifest, read_split, write_beton, write_npz
 
 FORMAT_VERSION = 1
 SUFFIX = {"beton": ".beton", "npz": ".npz"}
@@ -307,8 +307,8 @@ def convert(cfg: ConvertConfig) -> ConvertResult:
 
 def ffcv_installed() -> bool:
     try:
-        import ffcv  # noqa: F401
-    except ImportError:
+        import_ffcv()
+    except FastpartError:
         return False
     return True
 
