@@ -27,7 +27,9 @@ import argparse
 import json
 import os
 import sys
+import multiprocessing
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -170,24 +172,33 @@ class _Stamp(torch.autograd.Function):
         counter = ctx.counter
         counter.sync()
         if ctx.end:
-            counter.backward_seconds += time.perf_counter() - counter.backward_start
-            counter.backward_images += len(grad)
+            counter.add(backward_s=time.perf_counter() - counter.local.backward_start, backward_images=len(grad))
         else:
-            counter.backward_start = time.perf_counter()
+            counter.local.backward_start = time.perf_counter()
         return grad, None, None
 
 
+COUNTS = ("calls", "images", "grad_images", "backward_images", "forward_s", "backward_s")
+
+
 class CountingModel(nn.Module):
-    """The model, its forward calls, images and seconds counted (with a backward pass where autograd runs)."""
+    """The model, its forward calls, images and seconds counted (with a backward pass where autograd runs).
+    The counts live in shared memory, so the calls of fastpart's worker processes (forked) add up too: the
+    seconds are then process-seconds."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         super().__init__()
         self.model, self.device = model, device
-        self.reset()
+        self.counts = torch.zeros(len(COUNTS), dtype=torch.float64).share_memory_()
+        self.lock, self.local = multiprocessing.Lock(), threading.local()
 
     def reset(self) -> None:
-        self.calls = self.images = self.grad_images = self.backward_images = 0
-        self.forward_seconds = self.backward_seconds = self.backward_start = 0.0
+        self.counts.zero_()
+
+    def add(self, **amounts: float) -> None:
+        with self.lock:
+            for name, amount in amounts.items():
+                self.counts[COUNTS.index(name)] += amount
 
     def sync(self) -> None:
         synchronize(self.device)
@@ -202,30 +213,36 @@ class CountingModel(nn.Module):
         if grad:
             out = _Stamp.apply(out, self, False)
         self.sync()
-        self.forward_seconds += time.perf_counter() - start
-        self.calls += 1
-        self.images += len(x)
-        self.grad_images += len(x) if grad else 0
+        self.add(forward_s=time.perf_counter() - start, calls=1, images=len(x), grad_images=len(x) if grad else 0)
         return out
 
     def snapshot(self) -> dict[str, float]:
         self.sync()
-        return {"wall": time.perf_counter(), "cpu": time.process_time(), "calls": self.calls, "images": self.images,
-                "grad_images": self.grad_images, "backward_images": self.backward_images,
-                "forward_s": self.forward_seconds, "backward_s": self.backward_seconds}
+        with self.lock:
+            counts = dict(zip(COUNTS, self.counts.tolist()))
+        return {"wall": time.perf_counter(), "cpu": cpu_seconds(), **counts}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its ended children (fastpart's worker processes)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
 
 
 def attack_row(name: str, before: dict[str, float], after: dict[str, float], robust_before: int,
-               robust_after: int) -> dict[str, Any]:
+               robust_after: int, workers: int = 1) -> dict[str, Any]:
+    """One attack's counts; with ``workers`` processes calling the model, host_s is the process-seconds (wall x
+    workers) outside it."""
     d = {k: after[k] - before[k] for k in before}
     model_s = d["forward_s"] + d["backward_s"]
+    busy = d["wall"] * workers
     return {"attack": name, "seconds": round(d["wall"], 2), "cpu_s": round(d["cpu"], 2),
             "robust": f"{robust_before} -> {robust_after}", "robust_before": robust_before,
             "robust_after": robust_after, "forward_calls": int(d["calls"]),
             "images_no_grad": int(d["images"] - d["grad_images"]), "images_fwd_bwd": int(d["grad_images"]),
             "model_forward_s": round(d["forward_s"], 2), "model_backward_s": round(d["backward_s"], 2),
-            "host_s": round(d["wall"] - model_s, 2), "host_share": round((d["wall"] - model_s) / max(d["wall"], 1e-9), 3),
-            "s_per_robust_point": round(d["wall"] / robust_after, 3) if robust_after else None}
+            "host_s": round(busy - model_s, 2), "host_share": round((busy - model_s) / max(busy, 1e-9), 3),
+            "s_per_robust_point": round(d["wall"] / robust_after, 3) if robust_after else None, "workers": workers}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +252,9 @@ def attack_row(name: str, before: dict[str, float], after: dict[str, float], rob
 
 def run_fastpart(backend: str, counting: CountingModel, x: torch.Tensor, y: torch.Tensor, eps: float,
                  seed: int) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
-    """fastpart's autoattack (fast or reference backend): robust mask, per-attack rows, info."""
+    """fastpart's autoattack (fast or reference backend): robust mask, per-attack rows, info. The fast path
+    runs with its default workers (torch's thread count, on the CPU)."""
+    workers = torch.get_num_threads() if backend == "fast" and x.device.type == "cpu" else 1
     snaps: dict[str, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
     before: dict[str, int] = {}
@@ -246,7 +265,7 @@ def run_fastpart(backend: str, counting: CountingModel, x: torch.Tensor, y: torc
             before[event.attack] = event.robust
         if event.finished:
             rows.append(attack_row(event.attack, snaps[event.attack], counting.snapshot(), before[event.attack],
-                                   event.robust))
+                                   event.robust, workers))
 
     _, info = autoattack(counting, x, y, eps, seed=seed, backend=backend, progress=progress)
     return info.robust_mask.cpu(), rows, info.to_dict()
@@ -301,9 +320,12 @@ def where_time_goes(runs: dict[str, dict[str, Any]], floor: dict[str, Any]) -> l
         rows = run["attacks"]
         total = sum(r["seconds"] for r in rows) or 1e-9
         model = sum(r["model_forward_s"] + r["model_backward_s"] for r in rows)
+        workers = max((r.get("workers", 1) for r in rows), default=1)
+        busy = total * workers
         parts = ", ".join(f"{r['attack']} {100 * r['seconds'] / total:.0f}%" for r in rows)
-        lines.append(f"- {LABELS[impl]}: {run['seconds']:.1f} s; of the attacks' time {100 * model / total:.0f}% in "
-                     f"the model (forward + backward), {100 * (1 - model / total):.0f}% host work; by attack: {parts}.")
+        threads = f" ({workers} worker processes: process-seconds)" if workers > 1 else ""
+        lines.append(f"- {LABELS[impl]}: {run['seconds']:.1f} s; of the attacks' time{threads} {100 * model / busy:.0f}% "
+                     f"in the model (forward + backward), {100 * (1 - model / busy):.0f}% host work; by attack: {parts}.")
     ref, fast = runs.get("reference"), runs.get("fast")
     if ref and fast:
         by = {r["attack"]: r for r in fast["attacks"]}
@@ -318,8 +340,8 @@ def where_time_goes(runs: dict[str, dict[str, Any]], floor: dict[str, Any]) -> l
     if bound:
         per = ", ".join(f"{a} {v:.1f} s" for a, v in bound["per_attack"].items())
         text = (f"- The floor for the reference's results: the points that stay robust get every iteration of every "
-                f"attack, {bound['seconds']:.1f} s of model time at {1e3 * bound['s_per_image_fwd_bwd']:.2f} ms per image "
-                f"forward+backward and {1e3 * bound['s_per_image_fwd']:.2f} ms forward ({per})")
+                f"attack, {bound['seconds']:.1f} s of model time in one thread at {1e3 * bound['s_per_image_fwd_bwd']:.2f} "
+                f"ms per image forward+backward and {1e3 * bound['s_per_image_fwd']:.2f} ms forward ({per})")
         if "torchattacks" in runs:
             text += (f"; torchattacks takes {runs['torchattacks']['seconds']:.1f} s in all, running APGD, APGD-T and "
                      f"FAB-T with 10 iterations instead of 100")
@@ -333,7 +355,7 @@ def markdown(record: dict[str, Any]) -> str:
            f"{record['n']} test points of {record['dataset']}, model {record['model']} ({record['weights']}); "
            f"torch {record['torch']}, {record['threads']} thread(s); points attacked in chunks of {record['chunk']}, "
            f"the implementations taking turns; load average {record['load_avg']} (seconds are wall time; cpu_s "
-           f"the process's CPU time, steadier on a shared machine)."), "",
+           f"the CPU time of the process and its workers, steadier on a shared machine)."), "",
            "## Side by side", "", md_table(record["summary"]), "",
            "## Where the time goes", ""]
     out += record["analysis"]
@@ -357,7 +379,8 @@ def merge_rows(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for rows in chunks:
         for r in rows:
             m = merged.setdefault(r["attack"], {k: 0 for k in r if k not in ("attack", "robust", "host_share",
-                                                                              "s_per_robust_point")})
+                                                                              "s_per_robust_point", "workers")})
+            workers = r.get("workers", 1)
             for k in m:
                 m[k] = round(m[k] + r[k], 4)
     out = []
@@ -365,7 +388,7 @@ def merge_rows(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         out.append({"attack": name, "seconds": round(m["seconds"], 2), "cpu_s": round(m["cpu_s"], 2),
                     "robust": f"{m['robust_before']} -> {m['robust_after']}", **{k: v for k, v in m.items()
                                                                                   if k not in ("seconds", "cpu_s")},
-                    "host_share": round(m["host_s"] / max(m["seconds"], 1e-9), 3),
+                    "host_share": round(m["host_s"] / max(m["seconds"] * workers, 1e-9), 3), "workers": workers,
                     "s_per_robust_point": round(m["seconds"] / m["robust_after"], 3) if m["robust_after"] else None})
     return out
 
@@ -422,13 +445,13 @@ def main(argv: list[str] | None = None) -> None:
         for impl in implementations:
             print(f"running {LABELS[impl]} on points {at}..{at + len(xs) - 1} of {n} ...", flush=True)
             counting.reset()
-            start, cpu = time.perf_counter(), time.process_time()
+            start, cpu = time.perf_counter(), cpu_seconds()
             if impl == "torchattacks":
                 mask, rows, info = run_torchattacks(counting, xs, ys, args.eps, args.seed, classes)
             else:
                 mask, rows, info = run_fastpart(impl, counting, xs, ys, args.eps, args.seed)
             synchronize(device)
-            seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+            seconds, cpu_s = time.perf_counter() - start, cpu_seconds() - cpu
             model.eval()
             t = totals[impl]
             t["seconds"] += seconds

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import warnings
 
 import pytest
@@ -22,6 +23,7 @@ from torch import nn
 pytest.importorskip("pyautoattack")
 
 from fastpart.attacks import autoattack as aa  # noqa: E402
+from fastpart.attacks.autoattack import shards  # noqa: E402
 from fastpart.errors import FastpartError  # noqa: E402
 
 EPS, SEED, HW = 0.04, 7, 8
@@ -133,6 +135,97 @@ def test_below_min_batch_the_adversarial_examples_are_the_references_bit_for_bit
     assert torch.equal(x_fast, x_ref)
 
 
+class Processes(nn.Module):
+    """The model, noting (as files in ``folder``) the processes that call it."""
+
+    def __init__(self, folder) -> None:
+        super().__init__()
+        self.net, self.folder = small_net(), folder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (self.folder / str(os.getpid())).touch()
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """The standard version on 64 points, the fast path with two worker processes (shards from 16 points up),
+    and the reference."""
+    folder = tmp_path_factory.mktemp("callers")
+    events: list = []
+    fast = run("fast", n=64, workers=2, model=Processes(folder), progress=events.append)
+    return fast, run("reference", n=64), events, {int(p.name) for p in folder.iterdir()}
+
+
+def test_worker_processes_keep_the_references_verdicts(two_workers):
+    (_, fast), (_, ref), events, callers = two_workers
+    assert fast.backend == "fast" and fast.workers == 2 and fast.to_dict()["workers"] == 2
+    assert len(callers - {os.getpid()}) >= 2  # workers computed shards
+    assert torch.equal(fast.robust_mask, ref.robust_mask) and 0 < fast.robust < fast.clean
+    for f, r in zip(fast.per_attack, ref.per_attack):
+        assert (f.fooled, f.robust_before, f.robust_after) == (r.fooled, r.robust_before, r.robust_after), f.attack
+    for attack in aa.STANDARD_ATTACKS:  # the shards' progress as one report: units done never go back
+        done = [e.done for e in events if e.attack == attack]
+        assert len(done) > 2 and done == sorted(done)
+
+
+def test_square_in_shards_keeps_the_references_examples_and_runs_again_where_its_batch_got_small(monkeypatch):
+    """Shards pad their points to MIN_BATCH rows: the reference's numbers while its own batch (the points not
+    fooled yet) has MIN_BATCH points or more. At a budget where Square fools most points it falls below that,
+    and Square runs again as one shard: the examples stay the reference's bit for bit."""
+    passes = []
+    map_shards = shards.Workers.map
+
+    def spy(self, fn, parts, progress):
+        passes.append(len(parts))
+        return map_shards(self, fn, parts, progress)
+
+    monkeypatch.setattr(shards.Workers, "map", spy)
+    x, y = points(32)
+    results = [aa.autoattack(small_net(), x, y, 0.1, attacks=["square"], seed=SEED, backend=b, workers=w)
+               for b, w in (("fast", 2), ("reference", None))]
+    (x_fast, fast), (x_ref, ref) = results
+    assert passes == [2, 1]  # two shards, then one
+    assert torch.equal(fast.robust_mask, ref.robust_mask) and torch.equal(x_fast, x_ref)
+    assert fast.per_attack[0].fooled and fast.per_attack[0].robust_after < aa.MIN_BATCH
+
+
+class Odd(Exception):
+    """An exception that cannot be pickled (its class is not importable by name)."""
+
+
+Odd.__qualname__ = "nowhere.Odd"
+
+
+class FailsAfter(nn.Module):
+    """The model, raising ``error`` from its ``calls``-th call on (counted in each process)."""
+
+    def __init__(self, calls: int, error: Exception) -> None:
+        super().__init__()
+        self.net, self.calls, self.error = small_net(), calls, error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls -= 1
+        if self.calls < 0:
+            raise self.error
+        return self.net(x)
+
+
+def test_a_failing_worker_stops_the_run_with_its_error_and_the_threads_are_restored():
+    torch.set_num_threads(2)
+    try:
+        x, y = points(32)
+        with pytest.raises(RuntimeError, match="boom"):
+            aa.autoattack(FailsAfter(40, RuntimeError("boom")), x, y, EPS, attacks=["apgd-ce"], seed=SEED, workers=2)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(shards.WorkerError, match="worker . failed(.|\n)*Odd: odd"):
+            aa.autoattack(FailsAfter(40, Odd("odd")), x, y, EPS, attacks=["apgd-ce"], seed=SEED, workers=2)
+        _, info = aa.autoattack(small_net(), x, y, EPS, attacks=["apgd-ce"], seed=SEED)
+        assert info.workers == 2 and torch.get_num_threads() == 2  # workers: the caller's threads by default
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_the_seed_is_the_references():
     """Bit-equality above is not a coincidence of attacks that find the same points: another seed gives other
     examples."""
@@ -238,6 +331,9 @@ def test_bad_arguments_are_refused():
     x, y = points(4)
     with pytest.raises(FastpartError, match="backend"):
         aa.autoattack(small_net(), x, y, EPS, backend="quick")
+    for workers in (0, 1.5, True):
+        with pytest.raises(FastpartError, match="workers"):
+            aa.autoattack(small_net(), x, y, EPS, workers=workers)
     with pytest.raises(FastpartError, match="unknown attacks"):
         aa.autoattack(small_net(), x, y, EPS, attacks=["apgd-dlr"])
     three = nn.Sequential(small_net(), nn.Linear(10, 3))

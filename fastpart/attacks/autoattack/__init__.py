@@ -32,13 +32,22 @@ out only work that cannot change a verdict:
 
 Every point's computation is thus the reference's, but in batches of other sizes (points leave early).
 That keeps the results only if the model computes each point the same whatever else is in its batch.
-CPU kernels do from some batch size up (measured: a batch of one differs in the last bit from larger ones,
-and a linear layer's backward in batches of two or three), so where the reference computes a batch of
-fewer than ``MIN_BATCH`` points the fast path computes exactly that batch (and then prunes nothing and
-returns the reference's examples bit for bit), and where it prunes a larger batch it pads what is left to
-``MIN_BATCH`` rows. ``autoattack`` checks the invariance on the points at hand first (``batch_invariant``:
-the logits and input gradients of 48 points in one batch against batches of 8 to 35 points: four
-forward-backward passes of 48 points) and runs the reference where it does not hold (``info.backend`` says which ran;
+CPU kernels do from some batch size up with one intra-op thread (measured: a batch of one differs in the
+last bit from larger ones, and a linear layer's backward in batches of two or three; with two threads some
+batch sizes of 8 to 35 differ too), so where the reference computes a batch of fewer than ``MIN_BATCH``
+points the fast path computes exactly that batch (and then prunes nothing and returns the reference's
+examples bit for bit), and where it prunes a larger batch it pads what is left to ``MIN_BATCH`` rows.
+
+Worker threads. On the CPU the fast path computes with one intra-op thread, in ``workers`` threads (default
+``torch.get_num_threads()``, the caller's setting restored afterwards): the points of a batch of
+``workers * MIN_BATCH`` or more are split into strided shards computed side by side (``shards.py``). The
+attacks' random draws are made once for the whole batch, in the reference's order (APGD's start for all its
+points, Square's squares, the same for every point), so a shard computes its points as the whole batch
+would. (Square's own batch shrinks as it fools points: where it fell below ``MIN_BATCH`` at some query,
+Square runs again as one shard, ``square.py``.) ``autoattack`` checks the invariance on the points at hand first, with the kernels it will use
+(``batch_invariant``: the logits and input gradients of 48 points in one batch against batches of 8 to 35
+points, and against the clean logits computed as the caller computes them: four forward-backward passes of
+48 points) and runs the reference where it does not hold (``info.backend`` says which ran;
 ``strict=False`` runs the fast path anyway). On a GPU, cuDNN picks its algorithms by batch size, so expect
 the fallback there.
 
@@ -46,7 +55,8 @@ Where the time goes (``benchmarks/bench_autoattack.py`` measures it): nearly all
 points that stay robust. Each such point gets every iteration of every attack in the reference and in any
 implementation with the reference's results: 101 forward-backward passes (APGD-CE), 909 (APGD-T), 900
 forward-backward plus 900 forward passes and FAB's projections (FAB-T), 5001 forward passes (Square). The
-fast path cuts what the reference spends on the other points and the repeated work, not that floor; an
+fast path cuts what the reference spends on the other points and the repeated work, and spreads the floor
+over its workers; an
 implementation below it (torchattacks' AutoAttack runs APGD, APGD-T and FAB-T with 10 iterations) computes
 a weaker attack.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from fastpart.attacks.autoattack.fast import _Fast
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, attacks: Sequence[str] | None = None,
                seed: int = 0, n_target_classes: int | None = None, autocast_dtype: torch.dtype | None = None,
                backend: str = "fast", progress: bool | ProgressFn | None = None,
-               strict: bool = True) -> tuple[torch.Tensor, AutoAttackInfo]:
+               strict: bool = True, workers: int | None = None) -> tuple[torch.Tensor, AutoAttackInfo]:
     """AutoAttack, L-inf, standard version (or ``attacks``, a subset of its attacks in its order, with the
     standard settings) on images ``x`` in [0, 1] with labels ``y``, inside the budget ``eps``.
 
@@ -36,7 +37,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     ``progress``: True for a tqdm bar per attack, or a callable taking ``AutoAttackProgress``.
     ``strict``: fall back to the reference when the model is not batch-invariant (else run the fast path
     anyway, whose verdicts may then differ on borderline points; ``info.note`` says so). The model runs in
-    eval mode (restored afterwards).
+    eval mode (restored afterwards). ``workers``: the fast path's worker threads on the CPU (default
+    ``torch.get_num_threads()``; each computes with one intra-op thread, the caller's setting is restored);
+    one elsewhere.
     """
     if backend not in BACKENDS:
         raise FastpartError(f"autoattack: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -47,6 +50,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     names = [a for a in STANDARD_ATTACKS if a in names]  # the reference's order
     if x.dim() != 4 or len(x) != len(y):
         raise FastpartError(f"autoattack: x must be (N, C, H, W) with N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise FastpartError(f"autoattack: workers must be a positive int, got {workers!r}")
     x, y = x.detach().float().contiguous(), y.detach().long()
     f = FloatLogits(model, autocast_dtype)
     reporter = _Reporter(progress)
@@ -62,23 +67,41 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         targets = min(9, classes - 1) if n_target_classes is None else int(n_target_classes)
         if classes < 4 and "apgd-t" in names:
             raise FastpartError(f"AutoAttack's APGD-T (targeted DLR loss) needs at least 4 classes; this model has {classes}")
-        note = ""
-        if backend == "fast" and not batch_invariant(f, x, y, clean_logits):
-            if strict:
+        note, count = "", 1
+        if backend == "fast":
+            cpu = x.device.type == "cpu"
+            count = (workers or torch.get_num_threads()) if cpu else 1
+            with _one_thread(cpu):
+                invariant = batch_invariant(f, x, y, clean_logits)
+                if invariant or not strict:
+                    if not invariant:
+                        note = "the model's results depend on the batch: verdicts may differ from the reference's"
+                    runner = _Fast(f, x, y, clean_logits, float(eps), int(seed), targets, reporter, count)
+                    x_adv, robust, records = runner.run(names)
+            if not invariant and strict:
                 backend, note = "reference", ("fast path not used: the model's results depend on the batch on "
                                               f"{x.device.type} (so pruned batches could change verdicts); ran the reference")
                 warnings.warn(f"autoattack: {note}", stacklevel=2)
-            else:
-                note = "the model's results depend on the batch: verdicts may differ from the reference's"
-        if backend == "fast":
-            runner = _Fast(f, x, y, clean_logits, float(eps), int(seed), targets, reporter)
-            x_adv, robust, records = runner.run(names)
-        else:
+                count = 1
+        if backend == "reference":
             x_adv, robust, records = _reference(f, x, y, float(eps), int(seed), targets, names, reporter)
             backend = "reference" if not note else "reference (fallback)"
     info = AutoAttackInfo(backend, names, int(seed), float(eps), len(x), int((clean_logits.max(1)[1] == y).sum()),
-                          int(robust.sum()), time.perf_counter() - start, records, robust, targets, note)
+                          int(robust.sum()), time.perf_counter() - start, records, robust, targets, note, count)
     return x_adv, info
+
+
+@contextmanager
+def _one_thread(cpu: bool) -> Iterator[None]:
+    """On the CPU, one intra-op thread (the kernels the probe checks and the workers use), restored after."""
+    threads = torch.get_num_threads()
+    if cpu:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if cpu:
+            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ class AttackRecord:
 @dataclass
 class AutoAttackInfo:
     """What ``autoattack`` did: the backend that ran (``fast``, ``reference``, or the reference as the fast
-    path's fallback, with the reason in ``note``), the clean and robust counts, per-attack records."""
+    path's fallback, with the reason in ``note``), the clean and robust counts, per-attack records, and the
+    worker threads the fast path computed with (1 for the reference)."""
 
     backend: str
     attacks: list[str]
@@ -64,12 +65,13 @@ class AutoAttackInfo:
     robust_mask: torch.Tensor
     n_target_classes: int
     note: str = ""
+    workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: everything but the per-point mask and lists."""
         out = {"backend": self.backend, "attacks": list(self.attacks), "seed": self.seed, "eps": self.eps,
                "n": self.n, "clean": self.clean, "robust": self.robust, "seconds": round(self.seconds, 3),
-               "n_target_classes": self.n_target_classes,
+               "n_target_classes": self.n_target_classes, "workers": self.workers,
                "per_attack": [r.to_dict() for r in self.per_attack]}
         if self.note:
             out["note"] = self.note

@@ -1,35 +1,37 @@
-"""The fast path: the standard sequence point by point as pyautoattack computes it, settled points leaving early."""
+"""The fast path: the standard sequence point by point as pyautoattack computes it, settled points leaving early,
+the points of a batch split over worker processes (``shards``)."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
-from fastpart.attacks.autoattack.common import (APGD_ITERATIONS, FAB_ALPHA_MAX, FAB_BETA, FAB_ETA, FAB_ITERATIONS,
-                                               MIN_BATCH, SQUARE_QUERIES, AttackRecord, _ce, _check_oscillation,
-                                               _dlr_targeted, _fab_diff, _normalize_linf, _p_selection, _pad,
-                                               _projection_linf, _Reporter)
+from fastpart.attacks.autoattack.common import (APGD_ITERATIONS, FAB_ITERATIONS, MIN_BATCH, SQUARE_QUERIES,
+                                               AttackRecord, _ce, _check_oscillation, _dlr_targeted,
+                                               _normalize_linf, _pad, _Reporter)
+from fastpart.attacks.autoattack.fab import _FabT
+from fastpart.attacks.autoattack.shards import ShardProgress, Workers
+from fastpart.attacks.autoattack.square import _Square
 
 
-
-class _Fast:
+class _Fast(_FabT, _Square):
     """The standard sequence, point by point as in pyautoattack, with settled points leaving early.
 
     Batches. Where the reference computes a batch of fewer than ``MIN_BATCH`` points, the fast path
     computes exactly that batch, with the reference's contents (it prunes nothing there, and returns what
     the reference returns). Where the reference's batch is larger, the fast path may compute fewer of its
     points, padded to ``MIN_BATCH`` rows, relying on the model's batch invariance from that size up
-    (``batch_invariant``)."""
+    (``batch_invariant``); such a batch's points may also be split over the ``workers`` processes."""
 
     def __init__(self, f: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor, eps: float,
-                 seed: int, targets: int, reporter: _Reporter):
+                 seed: int, targets: int, reporter: _Reporter, workers: int = 1):
         self.f, self.x, self.y, self.clean_logits = f, x, y, clean_logits
         self.eps, self.seed, self.targets, self.reporter = eps, seed, targets, reporter
         self.device = x.device
+        self.workers = Workers(workers)
 
     # -- model calls -----------------------------------------------------------------------------
 
@@ -94,8 +96,29 @@ class _Fast:
     def apgd(self, x: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor | None, gen: torch.Generator,
              progress: Callable[[int, int], None]) -> tuple[torch.Tensor, torch.Tensor]:
         """APGD on the m points x (all classified correctly): (fooled (m,), adv (m, ...)), adv a
-        misclassified iterate of each fooled point. With m >= MIN_BATCH a point leaves at its first
-        misclassified iterate (the reference returns its last); below, as the reference."""
+        misclassified iterate of each fooled point. The random start is drawn for all m points, as the
+        reference draws it; with m >= MIN_BATCH the points are split over the workers, and a point leaves
+        at its first misclassified iterate (the reference returns its last); below, as the reference."""
+        m = len(x)
+        t = 2 * torch.rand(x.shape, generator=gen).to(self.device).detach() - 1
+        x_adv = x + self.eps * torch.ones_like(x).detach() * _normalize_linf(t)
+        x_adv = x_adv.clamp(0., 1.)
+        if m < MIN_BATCH:
+            return self.apgd_run(x, y, y_target, x_adv, False, progress)
+        shards = self.workers.shards(m, self.device)
+        parts = ShardProgress(progress, [len(s) for s in shards])
+        results = self.workers.map(lambda rows, k, report: self.apgd_run(
+            x[rows], y[rows], None if y_target is None else y_target[rows], x_adv[rows], True, report), shards, parts)
+        fooled, adv = torch.zeros(m, dtype=torch.bool, device=self.device), x.clone()
+        for rows, (fooled_k, adv_k) in zip(shards, results):
+            fooled[rows], adv[rows] = fooled_k, adv_k
+        return fooled, adv
+
+    def apgd_run(self, x: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor | None, x_adv: torch.Tensor,
+                 prune: bool, progress: Callable[[int, int], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """APGDAttack.attack_single_run's iterations from the start x_adv. ``prune``: the points are some of a
+        reference batch of MIN_BATCH or more (a point leaves at its first misclassified iterate); else the
+        reference's batch as it is."""
         eps, n_iter = self.eps, APGD_ITERATIONS
         n_iter_2, n_iter_min, size_decr = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
         if y_target is None:
@@ -103,13 +126,9 @@ class _Fast:
         else:
             loss, rows = _dlr_targeted, (y, y_target)
         m = len(x)
-        prune = m >= MIN_BATCH
-        t = 2 * torch.rand(x.shape, generator=gen).to(self.device).detach() - 1
-        x_adv = x + eps * torch.ones_like(x).detach() * _normalize_linf(t)
-        x_adv = x_adv.clamp(0., 1.)
         x_best = x_adv.clone()
         loss_steps = torch.zeros([n_iter, m], device=self.device)
-        logits, loss_indiv, grad = self.grad(x_adv, loss, rows, exact=True)
+        logits, loss_indiv, grad = self.grad(x_adv, loss, rows, exact=not prune)
         grad_best = grad.clone()
         acc = logits.max(1)[1] == y
         loss_best = loss_indiv.clone()
@@ -182,6 +201,7 @@ class _Fast:
                 settle(misclassified, iterate)
             if i % 10 == 9:
                 progress(i + 1, int((~fooled).sum()))
+        progress(n_iter, int((~fooled).sum()))
         return fooled, adv
 
     def apgd_ce(self, xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -214,159 +234,3 @@ class _Fast:
             acc[todo[fooled]] = False
             adv[todo[fooled]] = adv_curr[fooled]
         return adv
-
-    # -- FAB-T (FABAttack.perturb / attack_single_run, targeted, one restart, no random start) ----
-
-    def fab_t(self, xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        acc = self.clean_rows(idx).max(1)[1] == ys
-        adv = xs.clone()
-        for target_class in range(2, self.targets + 2):
-            todo = acc.nonzero().squeeze(1)
-            if not len(todo):
-                break
-            m = len(todo)
-            x, y = xs[todo], ys[todo]
-            clean = self.clean_rows(idx[todo])  # attack_single_run's _get_predicted_label(x) and _predict_fn(x)
-            pred = clean.max(1)[1] == y
-            adv_c = x.clone()
-            if pred.any():
-                la_target = clean.sort(dim=-1)[1][:, -target_class]
-                sel = pred.nonzero().squeeze(1)
-                base = int(acc.sum()) - len(sel)
-                found, adv_sel = self.fab_run(x[sel], y[sel], la_target[sel], (target_class - 2) * FAB_ITERATIONS, base)
-                adv_c[sel[found]] = adv_sel[found]
-            # perturb's check: misclassified and inside the budget
-            acc_curr = self.logits(adv_c, exact=True).max(1)[1] == y
-            res = (x - adv_c).abs().reshape(m, -1).max(1)[0]
-            acc_curr = torch.max(acc_curr, res > self.eps)
-            hit = ~acc_curr
-            acc[todo[hit]] = False
-            adv[todo[hit]] = adv_c[hit]
-        return adv
-
-    def fab_run(self, im2: torch.Tensor, la2: torch.Tensor, la_target2: torch.Tensor, done_before: int,
-                base: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """FAB's iterations on bs points all classified correctly: (found (bs,), adv (bs, ...)), found where
-        an adversarial example came up, adv the smallest. With bs >= MIN_BATCH a point leaves once it has one
-        inside the budget (the reference goes on shrinking it); below, as the reference."""
-        bs = len(im2)
-        prune = bs >= MIN_BATCH
-        out = im2.clone()
-        res_out = 1e10 * torch.ones([bs], device=self.device)
-        pos = torch.arange(bs, device=self.device)  # the bs points' positions of the rows still iterated
-        im, la, lt = im2, la2, la_target2
-        adv = im.clone()
-        res2 = 1e10 * torch.ones([bs], device=self.device)
-        x1 = im.clone()
-        x0 = im.clone().reshape([bs, -1])
-        ones = torch.ones([bs, 1, 1, 1], device=self.device)
-
-        for counter_iter in range(FAB_ITERATIONS):
-            rows = len(pos)
-            _, df, dg2 = self.grad(x1, _fab_diff, (la, lt), exact=not prune)
-            with torch.no_grad():
-                b = (- df + (dg2 * x1).reshape(x1.shape[0], -1).sum(dim=-1))
-                w = dg2.reshape([rows, -1])
-                d3 = _projection_linf(torch.cat((x1.reshape([rows, -1]), x0), 0), torch.cat((w, w), 0),
-                                     torch.cat((b, b), 0))
-                d1 = torch.reshape(d3[:rows], x1.shape)
-                d2 = torch.reshape(d3[-rows:], x1.shape)
-                a0 = d3.abs().max(dim=1, keepdim=True)[0].view(-1, *[1] * (x1.dim() - 1))
-                a0 = torch.max(a0, 1e-8 * torch.ones(a0.shape, device=self.device))
-                a1 = a0[:rows]
-                a2 = a0[-rows:]
-                alpha = torch.min(torch.max(a1 / (a1 + a2), 0 * ones[:rows]), FAB_ALPHA_MAX * ones[:rows])
-                x1 = ((x1 + FAB_ETA * d1) * (1 - alpha) + (im + d2 * FAB_ETA) * alpha).clamp(0.0, 1.0)
-                is_adv = self.logits(x1, exact=not prune).max(1)[1] != la
-                if is_adv.any():
-                    t = (x1 - im).reshape([rows, -1]).abs().max(dim=1)[0]
-                    better = is_adv & (t < res2)
-                    adv = torch.where(better.view(-1, 1, 1, 1), x1, adv)
-                    res2 = torch.where(better, t, res2)
-                    x1 = torch.where(is_adv.view(-1, 1, 1, 1), im + (x1 - im) * FAB_BETA, x1)
-                    if prune:
-                        inside = ~(res2 > self.eps)
-                        if inside.any():
-                            out[pos[inside]], res_out[pos[inside]] = adv[inside], res2[inside]
-                            keep = ~inside
-                            pos, im, la, lt, adv, res2, x1, x0 = (pos[keep], im[keep], la[keep], lt[keep], adv[keep],
-                                                                  res2[keep], x1[keep], x0[keep])
-                            if not len(pos):
-                                break
-            if counter_iter % 10 == 9:
-                self.reporter.step(done_before + counter_iter + 1, base + len(pos))
-        out[pos], res_out[pos] = adv, res2
-        found = res_out < 1e10
-        return found, torch.where(found.view(-1, 1, 1, 1), out, im2)
-
-    # -- Square (SquareAttack.perturb / attack_single_run, L-inf, margin loss, one restart) -------
-
-    def square(self, xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        acc = self.clean_rows(idx).max(1)[1] == ys
-        adv = xs.clone()
-        gen = torch.Generator().manual_seed(self.seed)
-        todo = acc.nonzero().squeeze(1)
-        if not len(todo):
-            return adv
-        x, y = xs[todo], ys[todo]
-        x_best = self.square_run(x, y, gen, base=int(acc.sum()) - len(todo))
-        acc_curr = self.logits(x_best, exact=True).max(1)[1] == y
-        hit = ~acc_curr
-        adv[todo[hit]] = x_best[hit]
-        return adv
-
-    def margin(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """SquareAttack.margin_and_loss's margin (its loss too, for loss="margin")."""
-        logits = self.logits(x, exact=True)
-        u = torch.arange(x.shape[0], device=self.device)
-        y_corr = logits[u, y].clone()
-        logits[u, y] = -float("inf")
-        return y_corr - logits.max(dim=-1)[0]
-
-    def square_run(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, base: int) -> torch.Tensor:
-        """SquareAttack.attack_single_run (L-inf): x_best of every point. Its batches are the reference's:
-        the points not fooled yet, at every query."""
-        eps = self.eps
-        c, h, w = x.shape[1:]
-        n_features = c * h * w
-        n_ex_total = x.shape[0]
-        with torch.inference_mode():
-            x_best = torch.clamp(x + eps * torch.sign(2 * torch.rand([n_ex_total, c, 1, w], generator=gen).to(self.device) - 1),
-                                 0., 1.)
-            margin_min = self.margin(x_best, y)
-            if (margin_min < 0.0).all():
-                return x_best.clone()
-            loss_min = margin_min.clone()
-            # the points still attacked (margin_min > 0), their state compact, written back as they leave
-            act = (margin_min > 0.0).nonzero().squeeze(1)
-            xb, ya, lo, hi = x_best[act], y[act], x[act] - eps, x[act] + eps
-            mm, lm = margin_min[act], loss_min[act]
-            for i_iter in range(SQUARE_QUERIES if len(act) else 0):
-                p = _p_selection(i_iter)
-                s = max(round(math.sqrt(p * n_features / c)), 1)
-                s = min(s, min(h, w))
-                # SquareAttack.random_int twice, random_choice([c, 1, 1]): five uniform draws per query
-                vh = int((0 + (h - s - 0) * torch.rand([1], generator=gen)).long())
-                vw = int((0 + (w - s - 0) * torch.rand([1], generator=gen)).long())
-                delta = (2. * eps * torch.sign(2 * torch.rand([c, 1, 1], generator=gen) - 1)).to(self.device)
-                # x_best + the square, clamped: outside the square x_best is already inside the clamps
-                window = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
-                x_new = xb.clone()
-                x_new[window] = torch.clamp(torch.min(torch.max(xb[window] + delta, lo[window]), hi[window]), 0., 1.)
-                margin = self.margin(x_new, ya)
-                improved = margin < lm
-                lm = torch.where(improved, margin, lm)
-                improved = improved | (margin <= 0.)
-                mm = torch.where(improved, margin, mm)
-                xb = torch.where(improved.view(-1, 1, 1, 1), x_new, xb)
-                left = mm > 0.0
-                if not left.all():
-                    gone = ~left
-                    x_best[act[gone]], margin_min[act[gone]] = xb[gone], mm[gone]
-                    act, xb, ya, lo, hi, mm, lm = act[left], xb[left], ya[left], lo[left], hi[left], mm[left], lm[left]
-                    if not len(act):
-                        break
-                if i_iter % 50 == 49:
-                    self.reporter.step(i_iter + 1, base + len(act))
-            x_best[act] = xb
-            return x_best.clone()
