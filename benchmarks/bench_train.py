@@ -1,6 +1,7 @@
 """Training throughput of AT vs PART, and the cost of a whole-split mask refresh (native CAM vs grad-cam).
 
     python benchmarks/bench_train.py                                  # CPU: shapes, width-8 ResNet-18
+    python benchmarks/bench_train.py --ae pgd n-fgsm --mask-freqs 10  # PGD-10 vs N-FGSM, AT and PART
     python benchmarks/bench_train.py --dataset cifar10 --data-dir data --model resnet18_cifar --epochs 2
 
 PART runs with no burn-in so that every measured epoch uses masks. The first epoch (compilation,
@@ -26,7 +27,7 @@ import common  # noqa: E402
 from common import synchronize, table, write_result  # noqa: E402
 
 from fastpart.cli import main as cli  # noqa: E402
-from fastpart.config import TrainConfig  # noqa: E402
+from fastpart.config import TRAINING_ATTACKS, TrainConfig  # noqa: E402
 from fastpart.data.splitfiles import read_split  # noqa: E402
 from fastpart.models import create_model  # noqa: E402
 from fastpart.part import MaskSettings, split_levels  # noqa: E402
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--mask-freqs", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--ae", nargs="+", default=["pgd"], choices=TRAINING_ATTACKS,
+                        help="training attacks to measure, each for AT and PART (e.g. pgd n-fgsm: PGD-10 AT, PART, "
+                             "N-FGSM-AT and N-FGSM-PART side by side); cost_vs_at is against the first one's AT")
     parser.add_argument("--refresh-n", type=int, default=1000, help="images for the refresh-cost measurement")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="train with --compile (torch.compile'd model)")
@@ -94,10 +98,14 @@ def main() -> None:
         base = dict(dataset=args.dataset, data_dir=data_dir, model=args.model, epochs=args.epochs,
                     batch_size=args.batch_size, eval_n=100, eval_steps=1, device=args.device, burn_in=0,
                     compile=args.compile)
-        rows = [{"run": "at", **throughput(TrainConfig(method="at", out=str(runs / "at"), **base))}]
-        for freq in args.mask_freqs:
-            cfg = TrainConfig(method="part", mask_freq=freq, out=str(runs / f"part{freq}"), **base)
-            rows.append({"run": f"part mask-freq {freq}", **throughput(cfg)})
+        rows = []
+        for ae in args.ae:
+            tag = "" if ae == "pgd" else f" {ae}"
+            cfg = TrainConfig(method="at", ae=ae, out=str(runs / f"at{tag.strip()}"), **base)
+            rows.append({"run": f"at{tag}", **throughput(cfg)})
+            for freq in args.mask_freqs:
+                cfg = TrainConfig(method="part", ae=ae, mask_freq=freq, out=str(runs / f"part{freq}{tag.strip()}"), **base)
+                rows.append({"run": f"part{tag} mask-freq {freq}", **throughput(cfg)})
         for row in rows:
             row["cost_vs_at"] = round(rows[0]["images_per_s"] / row["images_per_s"], 3)
 
@@ -111,8 +119,9 @@ def main() -> None:
     print(table(rows, ["run", "images_per_s", "train_images_per_s", "cost_vs_at", "mask_refresh_s", "epochs_measured"]))
     if refresh:
         print(table(refresh, ["backend", "seconds_per_1000"]))
-    path = write_result("train", device, {"dataset": args.dataset, "model": args.model, "epochs": args.epochs,
-                                          "batch_size": args.batch_size, "compile": args.compile, "runs": rows,
+    name = "train" if args.ae == ["pgd"] else "train-" + "-".join(args.ae)
+    path = write_result(name, device, {"dataset": args.dataset, "model": args.model, "epochs": args.epochs,
+                                        "batch_size": args.batch_size, "compile": args.compile, "ae": args.ae, "runs": rows,
                                           "mask_refresh": refresh})
     print(f"wrote {path}")
 

@@ -32,7 +32,7 @@ MASK_MODES = ("paper", "reference")  # fastpart.part.levels
 INTERPOLATIONS = ("bicubic", "bilinear")
 TARGETS = ("pred", "label")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-TRAINING_ATTACKS = ("pgd", "mma")  # --ae: the generator of the training adversarial examples
+TRAINING_ATTACKS = ("pgd", "mma", "fgsm-rs", "n-fgsm")  # --ae: the generator of the training adversarial examples
 BATCH_SCOPES = ("global", "per-gpu")  # --batch-scope: what --batch-size counts under several processes
 PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes; "auto" picks one per device
 LOADERS = ("auto", "memory", "ffcv")
@@ -153,8 +153,10 @@ class TrainConfig:
                                    "(clipped: fastpart 0.1's TRADES), none; default: uniform for at and part, "
                                    "normal-unclipped for trades, mart, part-trades and part-mart", "attack",
                                    choices=PGD_STARTS, shown=False)
-    ae: str = option("pgd", "training adversarial examples: pgd (the objective's loss) or mma (minimum-margin, "
-                     "top-3 targets; PART's App. H.4)", "attack", choices=TRAINING_ATTACKS)
+    ae: str = option("pgd", "training adversarial examples: pgd (the objective's loss), mma (minimum-margin, top-3 "
+                     "targets; PART's App. H.4), or one step: fgsm-rs (uniform start, step 1.25 eps, Wong et al.) or "
+                     "n-fgsm (noise 2 eps, step eps, no projection, de Jorge et al.), per pixel under PART's masks",
+                     "attack", choices=TRAINING_ATTACKS)
     # schedule
     epochs: int | None = option(None, f"epochs (default: {PAPER}, 80)", "schedule", "int", shown=False)
     batch_size: int | None = option(None, f"batch size (default: {PAPER}); see --batch-scope", "schedule", "int",

@@ -5,7 +5,8 @@ is ``fastpart.evaluation``).
 ``split_accuracy`` is natural and PGD-k accuracy (eps, alpha 2/255, uniform start, CE, stop on success)
 with ``fastpart.attacks.robust``'s definition, the one ``fastpart eval`` uses: a point is robust when
 it is correct clean and attacked. ``holdout`` draws the validation rows of the training split (seeded:
-the same rows for the same seed, never trained on, never in a mask refresh). ``BestCheckpoint`` keeps
+the same rows for the same seed, never trained on, never in a mask refresh). ``collapse_check`` watches
+single-step training for catastrophic overfitting (FGSM-RS against PGD accuracy on fixed images). ``BestCheckpoint`` keeps
 ``best.pt``: the weights of the epoch with the highest validation robust accuracy so far (the first such
 epoch on ties), written atomically; its state travels in the checkpoint, so a resumed run keeps it.
 """
@@ -22,18 +23,22 @@ import torch.nn as nn
 from fastpart import distributed
 from fastpart.atomic import write_atomic
 from fastpart.attacks.pgd import pgd
+from fastpart.attacks.single_step import fgsm_rs
 from fastpart.attacks.robust import predict_labels, robust_correct
 from fastpart.errors import FastpartError
 from fastpart.loader import DeviceLoader, stream_seed
 
-__all__ = ["EVAL_ALPHA", "BestCheckpoint", "holdout", "split_accuracy"]
+__all__ = ["COLLAPSE_GAP", "COLLAPSE_N", "EVAL_ALPHA", "BestCheckpoint", "collapse_check", "holdout",
+           "split_accuracy"]
 
 EVAL_ALPHA = 2 / 255  # the PGD step of the evaluations during training (the paper's PGD-20)
+COLLAPSE_N = 512  # collapse_check's images
+COLLAPSE_GAP = 0.3  # FGSM-RS accuracy above PGD's by more than this: catastrophic overfitting
 
 
 def split_accuracy(model: nn.Module, loader: DeviceLoader, eps: float, steps: int, seed: int,
                    autocast_dtype: torch.dtype | None = None, split: str = "test", limit: int | None = None,
-                   prefix: str = "") -> dict[str, float]:
+                   prefix: str = "", single_step: bool = False) -> dict[str, float]:
     """``{prefix}{split}_natural_acc``, ``{prefix}{split}_pgd{steps}_acc`` and ``{prefix}{split}_n`` of
     ``model`` on the first ``limit`` images of ``loader`` (all: None), under autocast ``autocast_dtype``
     (the training precision): PGD-``steps`` at ``eps``.
@@ -60,15 +65,31 @@ def split_accuracy(model: nn.Module, loader: DeviceLoader, eps: float, steps: in
         generator = torch.Generator(loader.device).manual_seed(stream_seed(seed, b, stream))
 
         def attack(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+            if single_step:
+                return fgsm_rs(model, xs, ys, eps, generator=generator, autocast_dtype=autocast_dtype)
             return pgd(model, xs, ys, eps, EVAL_ALPHA, steps, generator=generator, autocast_dtype=autocast_dtype,
                        stop_on_success=True)
 
         natural = predict(x) == y
-        robust = robust_correct(predict, x, y, attack, eps=eps, name=f"{split} PGD-{steps}", natural=natural)
+        name = f"{split} FGSM-RS" if single_step else f"{split} PGD-{steps}"
+        robust = robust_correct(predict, x, y, attack, eps=eps, name=name, natural=natural)
         counts += torch.tensor([int(natural.sum()), int(robust.sum()), len(y)], dtype=torch.float64)
     natural, robust, seen = (int(v) for v in distributed.all_reduce_sum(counts).tolist())
     head = f"{prefix}{split}"
-    return {f"{head}_natural_acc": natural / seen, f"{head}_pgd{steps}_acc": robust / seen, f"{head}_n": seen}
+    attacked = "fgsm" if single_step else f"pgd{steps}"
+    return {f"{head}_natural_acc": natural / seen, f"{head}_{attacked}_acc": robust / seen, f"{head}_n": seen}
+
+
+def collapse_check(model: nn.Module, loader: DeviceLoader, eps: float, steps: int, seed: int,
+                   autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Catastrophic overfitting, seen (single-step training: Wong et al. 2020, de Jorge et al. 2022): on the
+    first ``COLLAPSE_N`` images of ``loader`` (the same every epoch), accuracy under FGSM-RS and under PGD-``steps``
+    at ``eps``; ``collapsed`` when PGD's falls more than ``COLLAPSE_GAP`` below FGSM-RS's. Keys ``collapse_...``."""
+    found = split_accuracy(model, loader, eps, steps, seed, autocast_dtype, "collapse", COLLAPSE_N)
+    found.update(split_accuracy(model, loader, eps, steps, seed, autocast_dtype, "collapse", COLLAPSE_N,
+                                single_step=True))
+    found["collapsed"] = found["collapse_fgsm_acc"] - found[f"collapse_pgd{steps}_acc"] > COLLAPSE_GAP
+    return found
 
 
 def holdout(n: int, val_n: int, seed: int, train_n: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -38,10 +38,14 @@ def describe(cfg: TrainConfig, images: int, start_epoch: int = 0) -> str:
                                                           "per batch)")
     budget = f"eps {budget_label(cfg.eps)}" + (f" ({budget_label(cfg.eps_low)} outside the mask)"
                                                if method.pixel_reweighted else "")
-    attack = f"{'PGD' if cfg.ae == 'pgd' else cfg.ae.upper()}-{cfg.steps}"
+    single = {"fgsm-rs": "FGSM-RS (step 1.25 eps)", "n-fgsm": "N-FGSM (noise 2 eps, step eps)"}
+    if cfg.ae in single:
+        attack = f"{single[cfg.ae]} {budget}"
+    else:
+        attack = f"{'PGD' if cfg.ae == 'pgd' else cfg.ae.upper()}-{cfg.steps} {budget}, alpha {budget_label(cfg.alpha)}"
     resumed = f", resuming after epoch {start_epoch}" if start_epoch else ""
     return (f"fastpart train: {cfg.method} on {cfg.dataset} ({images:,} training images), {cfg.model}, {schedule}, "
-            f"{attack} {budget}, alpha {budget_label(cfg.alpha)}, batch {cfg.batch_size}, lr {cfg.lr:g}; "
+            f"{attack}, batch {cfg.batch_size}, lr {cfg.lr:g}; "
             f"{cfg.device} {cfg.precision}; run folder {cfg.out}{resumed}")
 
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from fastpart import distributed
 from fastpart.atomic import hold, remove_stale_temporaries, write_json_atomic
-from fastpart.attacks.generators import Generator, make_generator
+from fastpart.attacks.generators import SINGLE_STEP, Generator, make_generator
 from fastpart.averaging import WeightAverage
 from fastpart.board import BOARD, Board
 from fastpart.config import METHODS, Method, TrainConfig, check_train, default_dataset
@@ -52,7 +52,7 @@ from fastpart.data.splitfiles import dataset_manifest, split_path
 from fastpart.errors import FastpartError
 from fastpart.loader import Augment, DeviceLoader, stream_seed
 from fastpart.models import create_model
-from fastpart.monitor import BestCheckpoint, holdout, split_accuracy
+from fastpart.monitor import BestCheckpoint, collapse_check, holdout, split_accuracy
 from fastpart.objectives import Objective, get_objective
 from fastpart.progress import describe, duration, estimate
 from fastpart.provenance import environment
@@ -332,11 +332,26 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         record.update(run.final_eval)
     if run.val_loader is not None and (epoch + 1 == cfg.epochs or (epoch + 1) % cfg.val_every == 0):
         record.update(_accuracies(run, run.val_loader, cfg.val_steps, "val"))
+    if cfg.ae in SINGLE_STEP:
+        record.update(_collapse(run, record["epoch"]))
     record["wall_seconds"] = time.perf_counter() - began  # masks, training and evaluations: what the ETA counts
     run.epoch_seconds.append(record["wall_seconds"])
     if distributed.is_main():
         _write_epoch(run, record, epoch)
     return record
+
+
+def _collapse(run: _Run, epoch: int) -> dict[str, Any]:
+    """Single-step training: ``collapse_check`` on the validation split (else the test split), warned about."""
+    cfg = run.cfg
+    found = collapse_check(run.state.model, run.val_loader or run.test_loader, cfg.eps, cfg.eval_steps, cfg.seed,
+                           run.autocast)
+    if found["collapsed"] and distributed.is_main():
+        tqdm.write(f"warning: catastrophic overfitting in epoch {epoch}: FGSM-RS accuracy "
+                   f"{100 * found['collapse_fgsm_acc']:.1f}%, PGD-{cfg.eval_steps} "
+                   f"{100 * found[f'collapse_pgd{cfg.eval_steps}_acc']:.1f}% on {found['collapse_n']} fixed images "
+                   f"(metrics.jsonl: collapsed)")
+    return found
 
 
 def _refresh(run: _Run, epoch: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastpart.attacks.generators import GENERATORS, GeneratorSettings, make_generator
+from fastpart.attacks.generators import GENERATORS, REACH, GeneratorSettings, make_generator
 from fastpart.budgets import EpsLevels, eps_from_levels
 from fastpart.config import METHODS, TRAINING_ATTACKS, EvalConfig, TrainConfig
 from fastpart.errors import FastpartError
@@ -83,7 +83,7 @@ def test_every_generator_stays_in_its_budget_is_seeded_and_leaves_the_model_as_i
         again = generate(model, x, y, eps, probs, torch.Generator().manual_seed(5))
         assert torch.equal(first, again)  # the random start comes from the generator alone
         bound = eps if isinstance(eps, float) else eps_from_levels(eps.levels, eps.high, eps.low)
-        assert ((first - x).abs() <= bound + 1e-6).all() and first.min() >= 0 and first.max() <= 1
+        assert ((first - x).abs() <= REACH.get(name, 1) * bound + 1e-6).all() and first.min() >= 0 and first.max() <= 1
         assert not torch.equal(first, x)
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())

@@ -16,6 +16,14 @@ with ``check_inputs=False``: no host synchronisation per batch for the public fu
     pgd-compiled  the same, each step one ``torch.compile`` graph (``fastpart.attacks.graphed``; --compile-attack)
     mma           the minimum-margin attack, top-3 targets, APGD with its own margin loss (PART's App. H.4;
                   ``--ae mma``), ``fastpart.attacks.mma``
+    fgsm-rs       one signed step of 1.25 eps_i from a uniform start, projected (Wong et al., ICLR 2020;
+                  ``--ae fgsm-rs``), ``fastpart.attacks.single_step``
+    n-fgsm        one signed step of eps_i from noise U(-2 eps_i, 2 eps_i), not projected (de Jorge et al.,
+                  NeurIPS 2022; ``--ae n-fgsm``), ``fastpart.attacks.single_step``
+
+The single-step generators take their own start and step (the papers', scaled per pixel by the budget) and
+ignore ``start``, ``alpha`` and ``steps``. Every generator's examples lie inside the budget and [0, 1] but
+N-FGSM's, which lie within ``REACH["n-fgsm"]`` = 3 budgets of x (its noise is not projected).
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ import torch.nn as nn
 from fastpart.attacks.graphed import graphed_pgd
 from fastpart.attacks.mma import mma
 from fastpart.attacks.pgd import pgd
+from fastpart.attacks.single_step import N_FGSM_NOISE, fgsm_rs, n_fgsm
 from fastpart.budgets import Eps
 from fastpart.errors import FastpartError
 
-__all__ = ["GENERATORS", "Generator", "GeneratorSettings", "make_generator"]
+__all__ = ["GENERATORS", "REACH", "SINGLE_STEP", "Generator", "GeneratorSettings", "make_generator"]
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 Generator = Callable[[nn.Module, torch.Tensor, torch.Tensor, Eps, "torch.Tensor | None", torch.Generator], torch.Tensor]
@@ -75,11 +84,26 @@ def _mma(s: GeneratorSettings) -> Generator:
     return generate
 
 
+def _single_step(attack: Callable[..., torch.Tensor]) -> Callable[[GeneratorSettings], Generator]:
+    def factory(s: GeneratorSettings) -> Generator:
+        def generate(model, x, y, eps, probs, rng):
+            return attack(model, x, y, eps, loss_fn=lambda logits, labels: s.attack_loss(logits, labels, probs),
+                          generator=rng, autocast_dtype=s.autocast_dtype, check_inputs=False)
+
+        return generate
+
+    return factory
+
+
 GENERATORS: dict[str, Callable[[GeneratorSettings], Generator]] = {
     "pgd": _pgd,
     "pgd-compiled": _pgd_compiled,
     "mma": _mma,
+    "fgsm-rs": _single_step(fgsm_rs),
+    "n-fgsm": _single_step(n_fgsm),
 }
+SINGLE_STEP = ("fgsm-rs", "n-fgsm")  # one gradient per example: training watches them for catastrophic overfitting
+REACH = {"n-fgsm": 1 + N_FGSM_NOISE}  # how far from x a generator's examples may lie, in budgets (others: 1)
 
 
 def make_generator(name: str, settings: GeneratorSettings) -> Generator:
