@@ -4,11 +4,11 @@
 # differences. Every step resumes: run the same command again after a kill or a time limit and it continues.
 #   bash pipelines/cpu_study.sh [--full | --gpu | --smoke] [--seeds 0,1,2] [--source ARCHIVE] [--out DIR] [--data-dir DIR]
 #                               [--sequential]
-#   default (the CPU scale, about 90 minutes on 2 cores; README "PART on real CIFAR-10" says why each choice):
+#   default (the CPU scale, about 2 hours on 2 cores; README "PART on real CIFAR-10" says why each choice):
 #     the JPEG CIFAR-10 of ../shared/datasets, width-8 ResNet-18 in bf16, a fixed 10,000-image training subset, 15
 #     epochs of batch 128, lr 0.1 / 10 at epoch 11, PGD-3 (alpha 2/255), eps 8/255 / 7/255, PART burn-in 3 and masks
-#     every 2 epochs; evaluation (fp32): natural and PGD-20 on the whole test split, APGD-CE + APGD-T (AutoAttack's
-#     first two attacks: standard AutoAttack does not fit this budget) on a seeded 1,000
+#     every 2 epochs; evaluation (fp32): natural and PGD-20 on the whole test split, standard AutoAttack and its
+#     first two attacks alone (APGD-CE + APGD-T, the figure of earlier studies) on a seeded 1,000
 #   --full: the paper's scale, for a GPU: ResNet-18, 80 epochs, the whole training split, PGD-10, lr 0.01 / 10 at 60,
 #     burn-in 20, masks every 10, the fast path; natural, PGD-20 and MMA on the test split, AutoAttack on 1,000
 #   --gpu: one short run of each on one GPU in a few minutes (benchmarks/gpu_study.sh): ResNet-18, a 15,000-image
@@ -53,7 +53,7 @@ case "$scale" in
         train=(--dataset cifar10 --model resnet18_cifar_w8 --train-n 10000 --epochs 15 --batch-size 128 --lr 0.1
                --steps 3 --precision bf16 --eval-n 1000 --device cpu)
         part=(--mask-freq 2)
-        evaluate=(--attacks natural,pgd20,aa-fast --aa-n 1000 --batch-size 500 --device cpu) ;;
+        evaluate=(--attacks natural,pgd20,aa-fast,aa --aa-n 1000 --batch-size 500 --device cpu) ;;
     gpu)  # one short run of each on one GPU (benchmarks/gpu_study.sh): the paper's model, budget and PGD-10
         "${fastpart[@]}" convert cifar10 --source "$source_path" --out "$data" --format npz
         train=(--dataset cifar10 --train-n 15000 --epochs 15 --lr 0.1 --lr-schedule onecycle --eps-warmup 2

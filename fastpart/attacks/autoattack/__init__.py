@@ -38,9 +38,10 @@ batch sizes of 8 to 35 differ too), so where the reference computes a batch of f
 points the fast path computes exactly that batch (and then prunes nothing and returns the reference's
 examples bit for bit), and where it prunes a larger batch it pads what is left to ``MIN_BATCH`` rows.
 
-Worker threads. On the CPU the fast path computes with one intra-op thread, in ``workers`` threads (default
-``torch.get_num_threads()``, the caller's setting restored afterwards): the points of a batch of
-``workers * MIN_BATCH`` or more are split into strided shards computed side by side (``shards.py``). The
+Worker processes. On the CPU the fast path computes with one intra-op thread, in ``workers`` forked processes
+(default ``torch.get_num_threads()``, the caller's setting restored afterwards; Linux only, elsewhere one):
+the points of a batch of ``workers * MIN_BATCH`` or more are split into strided shards computed side by side
+(``shards.py``), each sending its progress and result back through a pipe. The
 attacks' random draws are made once for the whole batch, in the reference's order (APGD's start for all its
 points, Square's squares, the same for every point), so a shard computes its points as the whole batch
 would. (Square's own batch shrinks as it fools points: where it fell below ``MIN_BATCH`` at some query,

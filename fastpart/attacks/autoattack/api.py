@@ -16,6 +16,7 @@ from fastpart.attacks.autoattack.common import (APGD_ITERATIONS, BACKENDS, FAB_I
                                                ProgressFn, _eval_mode, _Reporter, batch_invariant)
 
 from fastpart.attacks.autoattack.fast import _Fast
+from fastpart.attacks.autoattack.shards import can_fork
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,9 +38,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     ``progress``: True for a tqdm bar per attack, or a callable taking ``AutoAttackProgress``.
     ``strict``: fall back to the reference when the model is not batch-invariant (else run the fast path
     anyway, whose verdicts may then differ on borderline points; ``info.note`` says so). The model runs in
-    eval mode (restored afterwards). ``workers``: the fast path's worker threads on the CPU (default
+    eval mode (restored afterwards). ``workers``: the fast path's worker processes on the CPU (default
     ``torch.get_num_threads()``; each computes with one intra-op thread, the caller's setting is restored);
-    one elsewhere.
+    one elsewhere (other devices, no ``fork``).
     """
     if backend not in BACKENDS:
         raise FastpartError(f"autoattack: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -70,7 +71,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         note, count = "", 1
         if backend == "fast":
             cpu = x.device.type == "cpu"
-            count = (workers or torch.get_num_threads()) if cpu else 1
+            count = (workers or torch.get_num_threads()) if cpu and can_fork() else 1
             with _one_thread(cpu):
                 invariant = batch_invariant(f, x, y, clean_logits)
                 if invariant or not strict:
