@@ -149,12 +149,12 @@ class Processes(nn.Module):
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
-    """The standard version on 64 points, the fast path with two worker processes (shards from 16 points up),
+    """The standard version on 48 points, the fast path with two worker processes (shards from 16 points up),
     and the reference."""
     folder = tmp_path_factory.mktemp("callers")
     events: list = []
-    fast = run("fast", n=64, workers=2, model=Processes(folder), progress=events.append)
-    return fast, run("reference", n=64), events, {int(p.name) for p in folder.iterdir()}
+    fast = run("fast", n=48, workers=2, model=Processes(folder), progress=events.append)
+    return fast, run("reference", n=48), events, {int(p.name) for p in folder.iterdir()}
 
 
 def test_worker_processes_keep_the_references_verdicts(two_workers):

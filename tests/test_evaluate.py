@@ -261,11 +261,11 @@ def test_subset_is_seeded_and_sorted():
 
 @pytest.mark.slow
 def test_autoattack_on_a_seeded_subset_reports_its_n_and_standard_error(trained, tmp_path):
-    record = ev.evaluate(replace(eval_config(trained, ("natural", "aa-fast"), tmp_path), n=48, aa_n=8))
+    record = ev.evaluate(replace(eval_config(trained, ("natural", "aa-fast"), tmp_path), n=48, aa_n=5))
     natural, aa = record["results"]["natural"], record["results"]["aa-fast"]
-    assert natural["n"] == 48 and aa["n"] == 8
+    assert natural["n"] == 48 and aa["n"] == 5
     for entry in (natural, aa):
         p = entry["accuracy"]
         assert entry["stderr"] == pytest.approx((p * (1 - p) / entry["n"]) ** 0.5)
-    again = ev.evaluate(replace(eval_config(trained, ("aa-fast",), tmp_path / "again"), n=48, aa_n=8))
+    again = ev.evaluate(replace(eval_config(trained, ("aa-fast",), tmp_path / "again"), n=48, aa_n=5))
     assert again["results"]["aa-fast"]["accuracy"] == aa["accuracy"]  # the same seeded subset
