@@ -16,7 +16,6 @@ from fastpart.attacks.autoattack.common import (APGD_ITERATIONS, BACKENDS, FAB_I
                                                ProgressFn, _eval_mode, _Reporter, batch_invariant)
 
 from fastpart.attacks.autoattack.fast import _Fast
-from fastpart.attacks.autoattack.shards import can_fork
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,19 +70,19 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         note, count = "", 1
         if backend == "fast":
             cpu = x.device.type == "cpu"
-            count = (workers or torch.get_num_threads()) if cpu and can_fork() else 1
+            requested = (workers or torch.get_num_threads()) if cpu else 1  # before one thread is set
             with _one_thread(cpu):
                 invariant = batch_invariant(f, x, y, clean_logits)
                 if invariant or not strict:
                     if not invariant:
                         note = "the model's results depend on the batch: verdicts may differ from the reference's"
-                    runner = _Fast(f, x, y, clean_logits, float(eps), int(seed), targets, reporter, count)
+                    runner = _Fast(f, x, y, clean_logits, float(eps), int(seed), targets, reporter, requested)
+                    count = runner.workers.count  # one where there is no fork
                     x_adv, robust, records = runner.run(names)
             if not invariant and strict:
                 backend, note = "reference", ("fast path not used: the model's results depend on the batch on "
                                               f"{x.device.type} (so pruned batches could change verdicts); ran the reference")
                 warnings.warn(f"autoattack: {note}", stacklevel=2)
-                count = 1
         if backend == "reference":
             x_adv, robust, records = _reference(f, x, y, float(eps), int(seed), targets, names, reporter)
             backend = "reference" if not note else "reference (fallback)"

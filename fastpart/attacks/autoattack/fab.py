@@ -12,9 +12,8 @@ from typing import Callable
 
 import torch
 
-from fastpart.attacks.autoattack.common import (FAB_ALPHA_MAX, FAB_BETA, FAB_ETA, FAB_ITERATIONS, MIN_BATCH,
-                                               _fab_diff, _projection_linf)
-from fastpart.attacks.autoattack.shards import ShardProgress
+from fastpart.attacks.autoattack.common import (FAB_ALPHA_MAX, FAB_BETA, FAB_ETA, FAB_ITERATIONS, _fab_diff,
+                                               _projection_linf)
 
 
 class _FabT:
@@ -53,17 +52,9 @@ class _FabT:
         an adversarial example came up, adv the smallest. With bs >= MIN_BATCH the points are split over the
         workers and a point leaves once it has one inside the budget (the reference goes on shrinking it);
         below, as the reference."""
-        bs = len(im)
-        shards = self.workers.shards(bs, self.device)
-        progress = ShardProgress(self.reporter.step, [len(s) for s in shards], done_before, base)
-        if bs < MIN_BATCH:
-            return self.fab_rows(im, la, la_target, False, progress.part(0))
-        results = self.workers.map(lambda rows, k, report: self.fab_rows(im[rows], la[rows], la_target[rows], True,
-                                                                         report), shards, progress)
-        found, adv = torch.zeros(bs, dtype=torch.bool, device=self.device), im.clone()
-        for rows, (found_k, adv_k) in zip(shards, results):
-            found[rows], adv[rows] = found_k, adv_k
-        return found, adv
+        return self.in_shards(im, lambda done, left: self.reporter.step(done_before + done, base + left),
+                              lambda rows, prune, report: self.fab_rows(im[rows], la[rows], la_target[rows], prune,
+                                                                        report))
 
     def fab_rows(self, im2: torch.Tensor, la2: torch.Tensor, la_target2: torch.Tensor, prune: bool,
                  progress: Callable[[int, int], None]) -> tuple[torch.Tensor, torch.Tensor]:

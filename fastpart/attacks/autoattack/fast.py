@@ -13,7 +13,7 @@ from fastpart.attacks.autoattack.common import (APGD_ITERATIONS, FAB_ITERATIONS,
                                                AttackRecord, _ce, _check_oscillation, _dlr_targeted,
                                                _normalize_linf, _pad, _Reporter)
 from fastpart.attacks.autoattack.fab import _FabT
-from fastpart.attacks.autoattack.shards import ShardProgress, Workers
+from fastpart.attacks.autoattack.shards import ShardProgress, Workers, gather
 from fastpart.attacks.autoattack.square import _Square
 
 
@@ -63,6 +63,20 @@ class _Fast(_FabT, _Square):
             return self.clean_logits[idx]
         return self.logits(self.x[idx], exact=True)
 
+    def in_shards(self, like: torch.Tensor, report: Callable[[int, int], None],
+                  fn: Callable[[torch.Tensor, bool, Callable[[int, int], None]], tuple[torch.Tensor, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fn(rows, prune, report)`` on the m = len(like) points of a reference batch, returning (flags (m,),
+        rows (m, ...)): below ``MIN_BATCH`` points all of them as the reference computes them (no pruning);
+        else pruned and split over the workers, the shards' results gathered (``like`` where none wrote)."""
+        m = len(like)
+        if m < MIN_BATCH:
+            return fn(torch.arange(m, device=self.device), False, report)
+        shards = self.workers.shards(m, self.device)
+        results = self.workers.map(lambda rows, k, part: fn(rows, True, part), shards,
+                                   ShardProgress(report, [len(s) for s in shards]))
+        return gather(shards, results, like)
+
     # -- the sequence (AutoAttack.run_standard_evaluation) ----------------------------------------
 
     def run(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[AttackRecord]]:
@@ -99,20 +113,11 @@ class _Fast(_FabT, _Square):
         misclassified iterate of each fooled point. The random start is drawn for all m points, as the
         reference draws it; with m >= MIN_BATCH the points are split over the workers, and a point leaves
         at its first misclassified iterate (the reference returns its last); below, as the reference."""
-        m = len(x)
         t = 2 * torch.rand(x.shape, generator=gen).to(self.device).detach() - 1
         x_adv = x + self.eps * torch.ones_like(x).detach() * _normalize_linf(t)
         x_adv = x_adv.clamp(0., 1.)
-        if m < MIN_BATCH:
-            return self.apgd_run(x, y, y_target, x_adv, False, progress)
-        shards = self.workers.shards(m, self.device)
-        parts = ShardProgress(progress, [len(s) for s in shards])
-        results = self.workers.map(lambda rows, k, report: self.apgd_run(
-            x[rows], y[rows], None if y_target is None else y_target[rows], x_adv[rows], True, report), shards, parts)
-        fooled, adv = torch.zeros(m, dtype=torch.bool, device=self.device), x.clone()
-        for rows, (fooled_k, adv_k) in zip(shards, results):
-            fooled[rows], adv[rows] = fooled_k, adv_k
-        return fooled, adv
+        return self.in_shards(x, progress, lambda rows, prune, report: self.apgd_run(
+            x[rows], y[rows], None if y_target is None else y_target[rows], x_adv[rows], prune, report))
 
     def apgd_run(self, x: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor | None, x_adv: torch.Tensor,
                  prune: bool, progress: Callable[[int, int], None]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,11 +120,11 @@ def _child(fn: ShardFn, rows: torch.Tensor, k: int, send: Connection) -> None:
 
 
 class ShardProgress:
-    """The shards' progress as one report: the units done, on average over the shards (after ``done_before``),
-    and ``base`` plus the points each shard still attacks. ``part(k)`` is shard k's ``(done, left)`` callback."""
+    """The shards' progress as one report: the units done, on average over the shards, and the points the
+    shards still attack, summed. ``part(k)`` is shard k's ``(done, left)`` callback."""
 
-    def __init__(self, report: Report, sizes: Sequence[int], done_before: int = 0, base: int = 0):
-        self.report, self.done_before, self.base = report, done_before, base
+    def __init__(self, report: Report, sizes: Sequence[int]):
+        self.report = report
         self.done, self.left = [0] * len(sizes), list(sizes)
         self.lock = threading.Lock()
 
@@ -132,6 +132,16 @@ class ShardProgress:
         def update(done: int, left: int) -> None:
             with self.lock:
                 self.done[k], self.left[k] = done, left
-                self.report(self.done_before + sum(self.done) // len(self.done), self.base + sum(self.left))
+                self.report(sum(self.done) // len(self.done), sum(self.left))
 
         return update
+
+
+def gather(shards: Sequence[torch.Tensor], results: Sequence[tuple[torch.Tensor, torch.Tensor]],
+           like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shards' ``(flags, rows)`` results as one batch: flags (m,) bool, and rows (m, ...) that are
+    ``like``'s where no shard wrote."""
+    flags, rows = torch.zeros(len(like), dtype=torch.bool, device=like.device), like.clone()
+    for positions, (flags_k, rows_k) in zip(shards, results):
+        flags[positions], rows[positions] = flags_k, rows_k
+    return flags, rows

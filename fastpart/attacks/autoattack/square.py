@@ -10,6 +10,7 @@ at every query, and where the total fell below that, Square runs again as one sh
 from __future__ import annotations
 
 import math
+from itertools import zip_longest
 from typing import Callable
 
 import torch
@@ -73,16 +74,21 @@ class _Square:
             if not len(act):
                 return x_best.clone()
             draws = self.square_draws(gen, c, h, w)
-            shards = self.workers.shards(len(act), self.device)
-            for exact in ([True] if len(shards) == 1 else [False, True]):
-                shards = shards if not exact else [torch.arange(len(act), device=self.device)]
-                progress = ShardProgress(self.reporter.step, [len(s) for s in shards], 0, base)
-                results = self.workers.map(lambda rows, k, report: self.square_rows(
+
+            def queries(shards: list[torch.Tensor], exact: bool) -> list[tuple[torch.Tensor, list[int]]]:
+                progress = ShardProgress(lambda done, left: self.reporter.step(done, base + left),
+                                         [len(s) for s in shards])
+                return self.workers.map(lambda rows, k, report: self.square_rows(
                     x_best[act[rows]], margin_min[act[rows]], x[act[rows]], y[act[rows]], draws, exact, report),
                     shards, progress)
-                counts = [sum(col) for col in _columns([r[1] for r in results])]
-                if exact or all(n == 0 or n >= MIN_BATCH for n in counts):
-                    break  # else: the reference's batch fell below MIN_BATCH at some query: as one shard
+
+            shards = self.workers.shards(len(act), self.device)
+            results = queries(shards, exact=len(shards) == 1)
+            counts = [sum(col) for col in zip_longest(*(r[1] for r in results), fillvalue=0)]
+            if len(shards) > 1 and any(0 < n < MIN_BATCH for n in counts):
+                # the reference's batch fell below MIN_BATCH at some query: again, as one shard
+                shards = [torch.arange(len(act), device=self.device)]
+                results = queries(shards, exact=True)
             for rows, (xb, _) in zip(shards, results):
                 x_best[act[rows]] = xb
             return x_best.clone()
@@ -125,8 +131,3 @@ class _Square:
         progress(len(draws), len(act))
         return x_best, counts
 
-
-def _columns(lists: list[list[int]]) -> list[list[int]]:
-    """The i-th entries of every list, for every i (shorter lists give none)."""
-    width = max((len(v) for v in lists), default=0)
-    return [[v[i] for v in lists if i < len(v)] for i in range(width)]
