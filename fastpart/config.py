@@ -38,6 +38,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # fastpart.precision maps them to dtypes;
 LOADERS = ("auto", "memory", "ffcv")
 LR_SCHEDULES = ("step", "onecycle")  # fastpart.schedules
 PGD_STARTS = ("uniform", "normal-unclipped", "uniform-unclipped", "normal", "none")  # fastpart.attacks.pgd
+ACTIVATIONS = ("relu", "silu")  # --activation of fastpart's CIFAR ResNet-18 and WideResNets (fastpart.models.cifar)
 NUMERICS = ("official", "released")  # --numerics: the authors' TRADES/MART code, or the released PART code's step
 DEFAULT_EVAL_ATTACKS: tuple[str, ...] = ("natural", "pgd20", "mma", "aa")
 EVAL_ATTACKS: tuple[str, ...] = ("natural", "mma", "mma-ref", "aa", "aa-fast", "aa-apgd-ce", "aa-apgd-t", "aa-fab-t",
@@ -119,6 +120,15 @@ class TrainConfig:
     model: str | None = option(None, f"fastpart, RobustBench or timm model name (default: {PAPER})", "method",
                                shown=False)
     seed: int = option(0, "seed of weights, order, augmentation, attacks", "method", "int")
+    activation: str = option("relu", "activation of the CIFAR ResNet-18 and the TRADES-style WideResNets "
+                             "(resnet18_cifar*, wrn* but wrn70_16)", "method", choices=ACTIVATIONS)
+    label_smoothing: float = option(0.0, "label smoothing of the training loss's cross-entropy terms (not of the "
+                                    "attack's)", "method", "float")
+    awp: float | None = option(None, "adversarial weight perturbation of relative size GAMMA per layer (Wu et al., "
+                               "NeurIPS 2020; their 0.01 for AT, 0.005 for TRADES)", "method", "float",
+                               metavar="GAMMA", shown=False)
+    awp_warmup: int | None = option(None, "epochs before --awp starts (default: 10 for trades and part-trades, 0 "
+                                    "otherwise, as the official code)", "method", "int", shown=False)
     # PART
     eps_low: float = option(7 / 255, "budget of the pixels the mask does not mark important", "part", "budget",
                             part=True)
@@ -386,6 +396,12 @@ def check_train(cfg: TrainConfig, given: set[str] | None = None) -> None:
         raise FastpartError(f"--wd must be a number >= 0, got {cfg.wd}")
     if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
         raise FastpartError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1):
+        raise FastpartError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.awp is not None and not (math.isfinite(cfg.awp) and cfg.awp > 0):
+        raise FastpartError(f"--awp must be a positive gamma, e.g. 0.01; got {cfg.awp}")
+    if cfg.awp_warmup is not None and (cfg.awp is None or cfg.awp_warmup < 0):
+        raise FastpartError(f"--awp-warmup {cfg.awp_warmup}: give epochs >= 0 with --awp GAMMA")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise FastpartError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
     if cfg.burn_in is not None and cfg.burn_in < 0:

@@ -123,7 +123,8 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
     n = evaluation.get("n")
     info = {
         "link": "", "name": f"fastpart {cfg.method} ({cfg.model})", "authors": "", "additional_data": False,
-        "number_forward_passes": 1, "dataset": cfg.dataset, "venue": "", "architecture": cfg.model,
+        "number_forward_passes": 1, "dataset": cfg.dataset, "venue": "",
+        "architecture": cfg.model + (f" with {cfg.activation}" if cfg.activation != "relu" else ""),
         "eps": f"{evaluation.get('eps', cfg.eps) * 255:g}/255", "clean_acc": f"{100 * results['natural']['accuracy']:.2f}",
         "reported": f"{100 * results[aa]['accuracy']:.2f}", "autoattack_acc": f"{100 * results[aa]['accuracy']:.2f}",
         "footnote": f"fastpart eval on n={n} test images ({evaluation.get('precision', '?')}), epoch {loaded.epoch}; "

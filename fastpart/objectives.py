@@ -47,7 +47,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -58,7 +58,7 @@ from fastpart.errors import FastpartError
 from fastpart.options import did_you_mean
 
 AttackLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-TrainLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, float], torch.Tensor]
+TrainLoss = Callable[..., torch.Tensor]  # (logits_adv, logits_nat | None, y, beta[, smoothing]) -> scalar
 
 TRADES_BETA = 6.0
 MART_BETA = 6.0
@@ -86,13 +86,14 @@ def most_likely_wrong_class(probs: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
 
 
-def mart_bce(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """mean_i [CE(z'_i, y_i) - log(1.0001 - p'_{i,y'_i} + 1e-12)] (MART's boosted CE)."""
+def mart_bce(logits_adv: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """mean_i [CE(z'_i, y_i) - log(1.0001 - p'_{i,y'_i} + 1e-12)] (MART's boosted CE; CE label-smoothed by
+    ``smoothing``)."""
     logits_adv = logits_adv.float()
     probs_adv = F.softmax(logits_adv, dim=1)
     wrong = most_likely_wrong_class(probs_adv, y)
     margin = F.nll_loss(torch.log(MART_BCE_ONE - probs_adv + MART_LOG_EPS), wrong)
-    return F.cross_entropy(logits_adv, y) + margin
+    return F.cross_entropy(logits_adv, y, label_smoothing=smoothing) + margin
 
 
 def mart_weighted_kl(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,28 +124,27 @@ def trades_attack(logits_adv: torch.Tensor, y: torch.Tensor, probs_nat: torch.Te
     return F.kl_div(F.log_softmax(logits_adv.float(), dim=1), probs, reduction="none").sum(dim=1)
 
 
-# ---- training losses: (logits_adv, logits_nat | None, y, beta) -> scalar --------------------------------
+# ---- training losses: (logits_adv, logits_nat | None, y, beta[, smoothing]) -> scalar ---------------------
+# (smoothing: label smoothing of their cross-entropy terms, ``--label-smoothing``, passed only when not 0; the KL
+# terms and the attack losses are unchanged)
 
 
-def at_loss(
-    logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = 0.0
-) -> torch.Tensor:
-    return F.cross_entropy(logits_adv.float(), y)
+def at_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = 0.0,
+            smoothing: float = 0.0) -> torch.Tensor:
+    return F.cross_entropy(logits_adv.float(), y, label_smoothing=smoothing)
 
 
-def trades_loss(
-    logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = TRADES_BETA
-) -> torch.Tensor:
+def trades_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = TRADES_BETA,
+                smoothing: float = 0.0) -> torch.Tensor:
     logits_nat = _require(logits_nat, "natural logits", "trades").float()
     robust = kl_sum(logits_adv, F.softmax(logits_nat, dim=1)) / logits_adv.shape[0]
-    return F.cross_entropy(logits_nat, y) + float(beta) * robust
+    return F.cross_entropy(logits_nat, y, label_smoothing=smoothing) + float(beta) * robust
 
 
-def mart_loss(
-    logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = MART_BETA
-) -> torch.Tensor:
+def mart_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor, beta: float = MART_BETA,
+              smoothing: float = 0.0) -> torch.Tensor:
     logits_nat = _require(logits_nat, "natural logits", "mart")
-    return mart_bce(logits_adv, y) + float(beta) * mart_weighted_kl(logits_adv, logits_nat, y)
+    return mart_bce(logits_adv, y, smoothing) + float(beta) * mart_weighted_kl(logits_adv, logits_nat, y)
 
 
 # ---- the table -------------------------------------------------------------------------------------------
@@ -158,12 +158,13 @@ class Objective:
     start: str  # PGD start (fastpart.attacks.pgd.STARTS): "uniform" (AT) or "normal-unclipped" (TRADES, MART)
     needs_natural_logits: bool  # the training loss uses f(x)
     attack_loss: AttackLoss  # (logits_adv, y, natural_probs | None) -> per-sample losses (B,)
-    train_loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta) -> scalar batch-mean training loss; see loss
+    train_loss: TrainLoss  # (logits_adv, logits_nat | None, y, beta[, smoothing]) -> scalar batch-mean loss; see loss
     beta: float = 0.0
     attack_needs_natural_probs: bool = False  # the attack uses softmax(f(x)) (TRADES): compute it first
     forwards: tuple[str, ...] | None = None  # train-mode forwards in order ("nat": x, "adv": x'; a repeat is
     # replayed); None: x, x' when the loss uses f(x), else x' alone
     released_start: str = ""  # the released PART code's start under PART's mask ("": ``start``)
+    label_smoothing: float = 0.0  # of the training loss's cross-entropy terms (``with_label_smoothing``)
 
     def __post_init__(self) -> None:
         if self.forwards is None:
@@ -175,7 +176,17 @@ class Objective:
     def loss(self, logits_adv: torch.Tensor, logits_nat: torch.Tensor | None, y: torch.Tensor,
              beta: float | None = None) -> torch.Tensor:
         """The scalar batch-mean training loss; ``beta`` None: the objective's own (``self.beta``)."""
-        return self.train_loss(logits_adv, logits_nat, y, self.beta if beta is None else beta)
+        beta = self.beta if beta is None else beta
+        if self.label_smoothing:  # a four-argument loss of one's own still serves without label smoothing
+            return self.train_loss(logits_adv, logits_nat, y, beta, self.label_smoothing)
+        return self.train_loss(logits_adv, logits_nat, y, beta)
+
+    def with_label_smoothing(self, smoothing: float) -> "Objective":
+        """This objective with its cross-entropy terms label-smoothed by ``smoothing`` in [0, 1) (Szegedy et al.
+        2016; ``F.cross_entropy(label_smoothing=...)``), as the strongest ResNet-18 entries of RobustBench train."""
+        if not 0.0 <= smoothing < 1.0:
+            raise FastpartError(f"label smoothing must be in [0, 1), got {smoothing}")
+        return replace(self, label_smoothing=float(smoothing))
 
     def start_for(self, numerics: str = "official", masked: bool = False) -> str:
         """PGD's start under ``numerics`` (``fastpart.config.NUMERICS``) in the burn-in or under PART's mask."""

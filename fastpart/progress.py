@@ -44,8 +44,13 @@ def describe(cfg: TrainConfig, images: int, start_epoch: int = 0) -> str:
     else:
         attack = f"{'PGD' if cfg.ae == 'pgd' else cfg.ae.upper()}-{cfg.steps} {budget}, alpha {budget_label(cfg.alpha)}"
     resumed = f", resuming after epoch {start_epoch}" if start_epoch else ""
+    extras = [f"{cfg.activation}" if cfg.activation != "relu" else "",
+              f"AWP gamma {cfg.awp:g} from epoch {(cfg.awp_warmup or 0) + 1}" if cfg.awp is not None else "",
+              f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
+              f"EMA {cfg.ema:g}" if cfg.ema is not None else ""]
+    extra = "".join(f", {e}" for e in extras if e)
     return (f"fastpart train: {cfg.method} on {cfg.dataset} ({images:,} training images), {cfg.model}, {schedule}, "
-            f"{attack}, batch {cfg.batch_size}, lr {cfg.lr:g}; "
+            f"{attack}, batch {cfg.batch_size}, lr {cfg.lr:g}{extra}; "
             f"{cfg.device} {cfg.precision}; run folder {cfg.out}{resumed}")
 
 

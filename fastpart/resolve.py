@@ -19,6 +19,7 @@ from fastpart.attacks.generators import GeneratorSettings
 from fastpart.config import METHODS, TrainConfig, check_train
 from fastpart.data.datasets import DATASETS, TrainDefaults
 from fastpart.errors import FastpartError
+from fastpart.models import ACTIVATION_MODELS
 from fastpart.objectives import Objective
 from fastpart.part import MASK_BATCH, MaskPlan, MaskSettings
 from fastpart.precision import autocast_dtype
@@ -27,7 +28,8 @@ from fastpart.schedules import Schedule
 __all__ = ["schedule", "generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
            "pgd_start", "process_batch_size", "released_milestones", "resolve", "resolve_device"]
 
-FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
+FALLBACK_DATASET = "cifar10"
+AWP_WARMUP = {"trades": 10}  # epochs before AWP starts by the base objective: the official TRADES-AWP's 10 (AT: 0)  # paper settings used for datasets without their own (imagefolder)
 
 
 def paper_defaults(manifest: dict[str, Any]) -> TrainDefaults:
@@ -72,10 +74,15 @@ def resolve(cfg: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
         eps_delay=cfg.eps_delay if cfg.eps_delay is not None else 0.0 if released else defaults.eps_delay * epochs,
         eps_warmup=cfg.eps_warmup if cfg.eps_warmup is not None else 0.0 if released else defaults.eps_warmup * epochs,
         mask_mode="reference" if released else cfg.mask_mode,
+        awp_warmup=(cfg.awp_warmup if cfg.awp_warmup is not None else AWP_WARMUP.get(METHODS[cfg.method].objective, 0))
+        if cfg.awp is not None else None,
         device=device,
         precision=precision,
     )
     check_train(resolved)
+    if resolved.activation != "relu" and resolved.model not in ACTIVATION_MODELS:
+        raise FastpartError(f"--activation {resolved.activation} is an option of fastpart's CIFAR networks "
+                            f"({', '.join(ACTIVATION_MODELS)}), not of --model {resolved.model}")
     return resolved
 
 

@@ -55,7 +55,7 @@ TRAIN_LOCK = ".train.lock"  # held by the training process (rank 0) for the whol
 EVAL_LOCK = ".eval.lock"  # held by an evaluation writing into the folder (an evaluation may run beside training)
 RESUME_MAY_CHANGE = resume_may_change(TrainConfig)  # the settings a --resume may change (fastpart.config's table)
 
-__all__ = ["BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
+__all__ = ["model_options", "BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
            "MASKS", "METRICS", "REPORT", "RESUME_MAY_CHANGE", "TRAIN_LOCK", "LoadedRun", "TrainingState",
            "RESUME_FIELDS", "append_jsonl", "build_model", "check_recordable", "checkpoint_path",
            "keep_metrics_until", "load_checkpoint", "load_run", "read_checkpoint", "read_checkpoint_file",
@@ -377,6 +377,11 @@ def _listed(what: str, names: list[str], shown: int = 4) -> list[str]:
     return [f"{what}: {', '.join(names[:shown])}{more}"]
 
 
+def model_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The keyword arguments of ``create_model`` a run's config asks for (``--activation`` other than relu)."""
+    return {} if cfg.activation == "relu" else {"activation": cfg.activation}
+
+
 def build_model(name: str, num_classes: int, device: str | torch.device, state: dict[str, torch.Tensor],
                 what: str, **kwargs: Any) -> nn.Module:
     """``create_model(name, num_classes)`` with ``state`` loaded strictly, in eval mode on ``device``
@@ -422,5 +427,5 @@ def load_run(run_or_checkpoint: str | Path, device: str | torch.device = "cpu", 
     if state is None:
         raise FastpartError(f"{path} holds no weight average: train with --ema DECAY for --weights ema")
     manifest = dataset_manifest(cfg.data_dir, cfg.dataset)
-    model = build_model(cfg.model, manifest["num_classes"], device, state, str(path))
+    model = build_model(cfg.model, manifest["num_classes"], device, state, str(path), **model_options(cfg))
     return LoadedRun(model, cfg, path, path.parent, int(payload["epoch"]), manifest, loaded[0])

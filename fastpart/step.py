@@ -24,6 +24,7 @@ from tqdm import tqdm
 from fastpart import distributed
 from fastpart.attacks.generators import Generator
 from fastpart.averaging import WeightAverage
+from fastpart.awp import AdversarialWeightPerturbation
 from fastpart.budgets import Eps
 from fastpart.loader import DeviceLoader
 from fastpart.objectives import Objective, natural_probs
@@ -131,7 +132,8 @@ def _update_forwards(update: nn.Module, model: nn.Module, objective: Objective, 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective, generate: Generator,
                x: torch.Tensor, y: torch.Tensor, eps: Eps, rng: torch.Generator, *,
                autocast_dtype: torch.dtype | None = None, update: nn.Module | None = None,
-               average: WeightAverage | None = None, replay: bool = True) -> torch.Tensor:
+               average: WeightAverage | None = None, replay: bool = True,
+               awp: AdversarialWeightPerturbation | None = None) -> torch.Tensor:
     """One attack + SGD update; returns [loss * B, natural correct, adversarial correct] without syncing.
 
     ``model`` runs the natural forward and the attack (eval mode, input gradients only); ``generate``
@@ -140,7 +142,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
     runs the train-mode forwards whose backward updates the parameters, in the objective's order (AT: x';
     TRADES: x, x', x; MART: x, x'), which sets the batch-norm running statistics as the authors' code does;
     TRADES's second forward of x is replayed on the statistics (``replay`` False: run again without
-    gradients); ``average`` (``--ema``) follows the parameters of the plain model after the step.
+    gradients); ``awp`` (``--awp``, ``fastpart.awp``) moves the weights to where the objective's loss on x' is
+    higher before the update's forwards and takes the move back after the step; ``average`` (``--ema``)
+    follows the parameters of the plain model after the step.
     """
     update = model if update is None else update
     model.eval()
@@ -149,7 +153,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
     probs = natural_probs(logits_eval) if objective.attack_needs_natural_probs else None
     x_adv = generate(model, x, y, eps, probs, rng)
     model.train()
+    moved = None
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        if awp is not None:
+            moved = awp.perturb(lambda: objective.loss(
+                model(x_adv), model(x) if objective.needs_natural_logits else None, y, objective.beta))
         logits_adv, logits_nat, replays = _update_forwards(update, model, objective, x, x_adv, replay)
         loss = objective.loss(logits_adv, logits_nat, y, objective.beta)
     optimizer.zero_grad(set_to_none=True)
@@ -157,6 +165,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
     for replayed in replays:
         replayed()
     optimizer.step()
+    if moved is not None:
+        awp.restore(moved)
     if average is not None:
         average.update()
     return torch.stack([loss.detach().float() * len(y), (logits_eval.argmax(1) == y).sum().float(),
@@ -167,7 +177,7 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
                 generate: Generator, rng: torch.Generator, *, eps: float = 8 / 255, masks: MaskPlan | None = None,
                 autocast_dtype: torch.dtype | None = None, attack_net: nn.Module | None = None,
                 update_net: nn.Module | None = None, average: WeightAverage | None = None,
-                desc: str = "epoch", timer: Callable[[int, float], None] | None = None,
+                awp: AdversarialWeightPerturbation | None = None, desc: str = "epoch", timer: Callable[[int, float], None] | None = None,
                 schedule: Schedule | None = None, epoch: int = 0) -> dict[str, Any]:
     """One epoch of ``train_step``; returns its metrics record.
 
@@ -175,14 +185,16 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     looked up (its aux tensor), or, without them, the model's CAMs of each batch (``--mask-freq 0``; the
     record then has the important fraction and the degenerate maps). ``attack_net`` (default: the model)
     runs the attack and the update, e.g. a torch.compile'd model; ``update_net`` (default: ``attack_net``)
-    the update alone, e.g. the DistributedDataParallel wrapper; ``average`` (``--ema``) follows every step.
+    the update alone, e.g. the DistributedDataParallel wrapper; ``average`` (``--ema``) follows every step;
+    ``awp`` (``--awp``) perturbs the weights of every step (the record then has ``awp_loss``: the training loss
+    at the unperturbed weights, beside ``loss`` at the perturbed ones).
     With a ``schedule`` (``fastpart.schedules``), epoch ``epoch``'s batches take its budget scale and, when it is
     per batch, its learning rate at t = epoch + batch / batches. ``timer(batches, seconds)`` is called once, with the time of batches 2 to ``TIMED_BATCHES + 1`` (the first
     pays for warm-ups), or of all batches after the first when the epoch is shorter: an early estimate of the
     run's length (one device synchronisation on CUDA).
     Under several processes the record sums every process's shard. Every sum stays on the device until
     the end of the epoch (one host synchronisation per epoch)."""
-    sums = torch.zeros(5, device=loader.device)  # loss * B, natural, adversarial, important fraction, degenerate
+    sums = torch.zeros(6, device=loader.device)  # loss * B, natural, adversarial, important, degenerate, AWP loss * B
     seen = batches = per_batch_masks = 0
     attack_net = model if attack_net is None else attack_net
     update_net = attack_net if update_net is None else update_net
@@ -208,7 +220,9 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
         if schedule is not None:
             budget = scaled_budget(budget, schedule.eps_scale(t))
         sums[:3] += train_step(attack_net, optimizer, objective, generate, x, y, budget, rng,
-                               autocast_dtype=autocast_dtype, update=update_net, average=average)
+                               autocast_dtype=autocast_dtype, update=update_net, average=average, awp=awp)
+        if awp is not None:
+            sums[5] += awp.last_loss.float() * len(y)
         seen += len(y)
         batches += 1
     if loader.device.type == "cuda":
@@ -217,10 +231,13 @@ def train_epoch(model: nn.Module, loader: DeviceLoader, optimizer: torch.optim.O
     if timer is not None and timed_from is not None and batches <= TIMED_BATCHES + 1 and batches > 1:
         timer(batches - 1, time.perf_counter() - timed_from)
     totals = torch.tensor([*sums.tolist(), seen, batches], dtype=torch.float64)
-    loss_sum, natural, adversarial, important, degenerate, seen, batches = distributed.all_reduce_sum(totals).tolist()
+    loss_sum, natural, adversarial, important, degenerate, awp_sum, seen, batches = \
+        distributed.all_reduce_sum(totals).tolist()
     seen, batches = int(seen), int(batches)
     record = {"loss": loss_sum / seen, "train_natural_acc": natural / seen, "train_adv_acc": adversarial / seen,
               "images": seen, "epoch_seconds": seconds, "images_per_second": seen / seconds}
+    if awp is not None:
+        record["awp_loss"] = awp_sum / seen
     if per_batch_masks:
         record.update(important_fraction=important / max(batches, 1), degenerate_maps=int(degenerate))
     return record

@@ -45,6 +45,7 @@ from fastpart import distributed
 from fastpart.atomic import hold, remove_stale_temporaries, write_json_atomic
 from fastpart.attacks.generators import SINGLE_STEP, Generator, make_generator
 from fastpart.averaging import WeightAverage
+from fastpart.awp import AdversarialWeightPerturbation
 from fastpart.board import BOARD, Board
 from fastpart.config import METHODS, Method, TrainConfig, check_train, default_dataset
 from fastpart.data.datasets import TrainDefaults
@@ -62,7 +63,7 @@ from fastpart.precision import autocast_dtype
 from fastpart.resolve import (generator_name, generator_settings, mask_plan, paper_defaults, pgd_start, schedule,
                               process_batch_size, resolve)
 from fastpart.runfolder import (BEST, CHECKPOINT, CONFIG, ENV, MASKS, METRICS, RESUME_FIELDS, TRAIN_LOCK, TrainingState,
-                                append_jsonl, check_recordable, keep_metrics_until, load_checkpoint,
+                                append_jsonl, check_recordable, keep_metrics_until, load_checkpoint, model_options,
                                 read_checkpoint, resume_conflicts, save_checkpoint)
 from fastpart.step import train_epoch, train_step
 
@@ -163,7 +164,7 @@ def _previous_run(cfg: TrainConfig, dataset_sha: str) -> dict[str, Any] | None:
 
 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
-    model = create_model(cfg.model, num_classes=num_classes).to(device)
+    model = create_model(cfg.model, num_classes=num_classes, **model_options(cfg)).to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
@@ -201,6 +202,7 @@ class _Run:
     final_eval: dict[str, float] | None = None  # the last test-set evaluation
     epoch_seconds: list[float] | None = None  # the epochs run by this process, for the estimate of what is left
     generate_masked: Generator | None = None  # PART's generator under the mask, when its start differs (--numerics)
+    awp: AdversarialWeightPerturbation | None = None  # --awp: from epoch --awp-warmup on
 
 
 def _loaders(cfg: TrainConfig, defaults: TrainDefaults, device: torch.device, batch_size: int, train_rows,
@@ -253,7 +255,7 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
     best = None if val_loader is None else BestCheckpoint(
         run_dir / BEST, f"{'ema_' if average else ''}val_pgd{cfg.val_steps}_acc")
     method = METHODS[cfg.method]
-    objective = get_objective(method.objective)
+    objective = get_objective(method.objective).with_label_smoothing(cfg.label_smoothing)
     run = _Run(
         cfg, run_dir, manifest["num_classes"], method, objective,
         make_generator(generator_name(cfg), generator_settings(cfg, objective)), autocast_dtype(cfg.precision),
@@ -266,6 +268,8 @@ def _setup(cfg: TrainConfig, manifest: dict[str, Any], defaults: TrainDefaults, 
         + (f"|train={cfg.train_n}" if cfg.train_n is not None else ""), dataset_sha)
     if method.pixel_reweighted and pgd_start(cfg, objective, masked=True) != pgd_start(cfg, objective):
         run.generate_masked = make_generator(generator_name(cfg), generator_settings(cfg, objective, masked=True))
+    if cfg.awp is not None:
+        run.awp = AdversarialWeightPerturbation(model, cfg.awp)
     if previous is not None:
         run.start_epoch, run.mask_key = load_checkpoint(previous, run.state, str(run_dir / CHECKPOINT))
         run.mask_weights = previous.get("mask_model")
@@ -316,6 +320,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     record.update(train_epoch(model, run.train_loader, state.optimizer, run.objective, generate, state.generator,
                               eps=cfg.eps, masks=run.masks if masked else None, autocast_dtype=run.autocast,
                               attack_net=run.net, update_net=run.update_net, average=run.average,
+                              awp=run.awp if epoch >= (cfg.awp_warmup or 0) else None,
                               desc=f"epoch {epoch + 1}/{cfg.epochs}", schedule=run.schedule, epoch=epoch,
                               timer=(lambda n, s: tqdm.write(estimate(cfg, cfg.epochs - epoch, len(run.train_loader), s / n,
                                                                      run.train_loader.batch_size))) if first else None))
@@ -332,7 +337,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         record.update(run.final_eval)
     if run.val_loader is not None and (epoch + 1 == cfg.epochs or (epoch + 1) % cfg.val_every == 0):
         record.update(_accuracies(run, run.val_loader, cfg.val_steps, "val"))
-    if cfg.ae in SINGLE_STEP:
+    if cfg.ae in SINGLE_STEP or cfg.awp is not None:
         record.update(_collapse(run, record["epoch"]))
     record["wall_seconds"] = time.perf_counter() - began  # masks, training and evaluations: what the ETA counts
     run.epoch_seconds.append(record["wall_seconds"])
@@ -342,12 +347,13 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 
 def _collapse(run: _Run, epoch: int) -> dict[str, Any]:
-    """Single-step training: ``collapse_check`` on the validation split (else the test split), warned about."""
+    """Single-step training and --awp: ``collapse_check`` on the validation split (else the test split), warned
+    about."""
     cfg = run.cfg
     found = collapse_check(run.state.model, run.val_loader or run.test_loader, cfg.eps, cfg.eval_steps, cfg.seed,
                            run.autocast)
     if found["collapsed"] and distributed.is_main():
-        tqdm.write(f"warning: catastrophic overfitting in epoch {epoch}: FGSM-RS accuracy "
+        tqdm.write(f"warning: robustness collapsed in epoch {epoch}: FGSM-RS accuracy "
                    f"{100 * found['collapse_fgsm_acc']:.1f}%, PGD-{cfg.eval_steps} "
                    f"{100 * found[f'collapse_pgd{cfg.eval_steps}_acc']:.1f}% on {found['collapse_n']} fixed images "
                    f"(metrics.jsonl: collapsed)")

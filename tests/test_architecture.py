@@ -24,7 +24,7 @@ STAGES = [
     ["data.datasets"],
     ["data.fetch"],  # where a conversion's source comes from
     ["data.convert", "loader", "models", "kernels", "distributed"],
-    ["part", "attacks", "objectives"],  # the mask stage; the attacks and their generators; the losses
+    ["part", "attacks", "objectives", "awp"],  # awp: adversarial weight perturbation of any loss  # the mask stage; the attacks and their generators; the losses
     ["board", "step", "monitor", "runfolder", "provenance", "part_attack"],  # one training step/epoch; training's own
     # accuracy; the run folder; what a run records of where it ran; PART's attack as an object
     ["resolve", "records", "progress"],  # a TrainConfig -> what the stages take; a run's text records; what a run

@@ -19,7 +19,10 @@ from fastpart.monitor import holdout
 
 ARGS = ["--dataset", "shapes", "--model", "resnet18_cifar_w8", "--batch-size", "32", "--steps", "1",
         "--eval-steps", "1", "--eval-n", "16", "--seed", "2", "--method", "part", "--epochs", "4", "--burn-in", "1",
-        "--mask-freq", "2", "--ema", "0.8", "--val-n", "32", "--val-steps", "2", "--eval-every", "2", "--lr", "0.05"]
+        "--mask-freq", "2", "--ema", "0.8", "--val-n", "32", "--val-steps", "2", "--eval-every", "2", "--lr", "0.05",
+        "--ae", "n-fgsm", "--awp", "0.01", "--awp-warmup", "1", "--label-smoothing", "0.1", "--activation", "silu"]
+# (the options of single-step training, AWP, label smoothing and SiLU ride along: the resume test below is
+# their bit-identical-resume test)
 N_TRAIN = 128
 
 
@@ -160,6 +163,22 @@ def test_resume_with_average_and_best_checkpoint_is_bit_identical(straight, data
     drop = ("epoch_seconds", "images_per_second", "mask_seconds", "wall_seconds")
     a, b = ([{k: v for k, v in json.loads(line).items() if k not in drop} for line in t.splitlines()] for t in lines)
     assert a == b
+
+
+def test_the_new_options_are_recorded_and_restored(straight):
+    from fastpart.runfolder import load_run
+
+    records = [json.loads(line) for line in (straight["out"] / "metrics.jsonl").read_text().splitlines()]
+    assert "awp_loss" not in records[0] and all("awp_loss" in r for r in records[1:])  # after --awp-warmup 1
+    assert all(r["loss"] > r["awp_loss"] for r in records[1:])  # the perturbed weights' loss is the higher
+    assert all({"collapse_fgsm_acc", "collapse_pgd1_acc", "collapsed"} <= set(r) for r in records)
+    config = json.loads((straight["out"] / "config.json").read_text())
+    assert (config["ae"], config["awp"], config["awp_warmup"], config["label_smoothing"], config["activation"]) == (
+        "n-fgsm", 0.01, 1, 0.1, "silu")
+    for weights in ("live", "ema"):
+        model = load_run(straight["out"], weights=weights).model
+        assert any(isinstance(m, torch.nn.SiLU) for m in model.modules())
+        assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
 
 
 def test_eval_takes_the_best_checkpoint_and_the_averaged_weights(straight, tmp_path, capsys):

@@ -220,7 +220,8 @@ def test_a_silent_process_makes_the_others_fail_after_the_timeout():
 
 
 def test_two_processes_reach_the_weights_of_one(data_dir, tmp_path):
-    args = [*COMMON, "--model", "test_convnext", "--method", "at", "--epochs", "1", "--eps", "0", "--steps", "1"]
+    args = [*COMMON, "--model", "test_convnext", "--method", "at", "--epochs", "1", "--eps", "0", "--steps", "1",
+            "--awp", "0.01"]  # AWP too: the processes average its gradients, so its perturbation is the global batch's
     finish(launch(data_dir, tmp_path / "one", *args))
     out = finish(launch(data_dir, tmp_path / "two", *args, nproc=2))
     assert out.count("test_convnext at: 1 epochs") == 1  # one summary, from rank 0

@@ -274,3 +274,24 @@ def test_eval_mode_restores_every_submodule_flag():
     with pytest.raises(RuntimeError), eval_mode(model):
         raise RuntimeError("boom")
     assert {name: m.training for name, m in model.named_modules()} == before
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_activation_option_where_the_registry_says(name: str) -> None:
+    """fastpart's CIFAR networks take activation="silu": the same state dict, SiLU in every place ReLU was,
+    other logits; the others refuse it (and ``fastpart train --activation silu`` refuses them in one line)."""
+    from fastpart.models import ACTIVATION_MODELS
+
+    if name not in ACTIVATION_MODELS:
+        with pytest.raises(TypeError):
+            small(name, num_classes=7, activation="silu")
+        return
+    torch.manual_seed(0)
+    relu = randomised_bn(small(name, num_classes=7), 0)
+    silu = small(name, num_classes=7, activation="silu").eval()
+    silu.load_state_dict(relu.state_dict())  # strict: the activation holds no weights
+    count = lambda m, kind: sum(isinstance(sub, kind) for sub in m.modules())  # noqa: E731
+    assert count(silu, torch.nn.SiLU) == count(relu, torch.nn.ReLU) > 0 and count(silu, torch.nn.ReLU) == 0
+    assert not torch.allclose(silu(X), relu(X))
+    with pytest.raises(ModelError, match="unknown activation"):
+        small(name, num_classes=7, activation="gelu")

@@ -87,6 +87,7 @@ def converted_shapes(folder: Path, name: str = "shapes") -> None:
     (["--method", "parts"], "invalid choice 'parts' (did you mean part?)"),
     (["--eps", "8"], "budgets are in [0, 1] units (images are in [0, 1]): did you mean 8/255?"),
     (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+    (["--awp-warmup", "5"], "--awp-warmup 5: give epochs >= 0 with --awp GAMMA"),
 ])
 def test_a_mistaken_run_is_one_line_before_torch_is_imported(tmp_path, args, message):
     converted_shapes(tmp_path / "data")

@@ -30,11 +30,11 @@ from torch import nn
 from fastpart.errors import FastpartError
 from fastpart.options import did_you_mean
 from fastpart.models.base import CifarNet, ModelError, Normalize
-from fastpart.models.cifar import NetworkBlock, ResNet18Cifar, ResNetBlock, WideResNet, WRNBlock
+from fastpart.models.cifar import ACTIVATIONS, NetworkBlock, ResNet18Cifar, ResNetBlock, WideResNet, WRNBlock
 from fastpart.models.robustbench import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DMWideResNet,
                                          PreActResNet18, RobustBenchWideResNet)
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODELS", "DMWideResNet", "ModelError",
+__all__ = ["ACTIVATION_MODELS", "ACTIVATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODELS", "DMWideResNet", "ModelError",
            "NetworkBlock", "Normalize", "Normalized", "PreActResNet18", "ResNet18Cifar", "ResNetBlock", "RobustBenchWideResNet",
            "WRNBlock", "WideResNet", "create_model", "find_cam_layer"]
 
@@ -111,6 +111,9 @@ def wrn70_16(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 
 MODELS: tuple[str, ...] = tuple(_names)
+ACTIVATION_MODELS: tuple[str, ...] = ("resnet18_cifar", "resnet18_cifar_w8", "resnet18_cifar_w16", "wrn34_10",
+                                      "wrn16_2", "wrn28_10", "wrn34_20")  # the CIFAR ResNet-18 and TRADES-style
+# WideResNets: they take activation="silu" (--activation)
 
 
 TORCHVISION = "torchvision:"  # create_model("torchvision:resnet50"): torchvision's, where timm has the same name

@@ -7,7 +7,7 @@ names its classifier and CAM modules by their paths in the module tree (``"fc"``
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ class CifarNet(nn.Module):
         self.num_classes = num_classes
         self.normalize = nn.Identity() if mean is None else Normalize(mean, std, self._normalize_persistent)
 
-    def _resnet18_stages(self, block: type[nn.Module], width: int, num_classes: int) -> None:
+    def _resnet18_stages(self, block: Callable[..., nn.Module], width: int, num_classes: int) -> None:
         """layer1..layer4 of two ``block(in, out, stride)`` each at widths w, 2w, 4w, 8w (strides 1, 2, 2, 2),
         and the ``linear`` classifier: the ResNet-18 body of the CIFAR reference codes."""
         planes = width
