@@ -28,6 +28,8 @@ __all__ = ["accuracy_figure", "chance_level", "eps_curve_figure", "num_classes",
            "training_figure"]
 
 PHASE_COLOURS = {"burn-in": "tab:orange", "masked": "tab:green"}
+COLLAPSE_STYLE = {"color": "black", "linestyle": "-.", "linewidth": 1.5, "gid": "collapsed"}  # an epoch whose
+# collapse check found PGD accuracy far below FGSM-RS's
 RUN_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
 CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1}
 
@@ -166,7 +168,8 @@ def training_chart(runs: Sequence[RunRecords], classes: Sequence[int | None] | N
 
     Accuracy axes 0-100% with the chance level of ``classes`` (one number of classes per run) dashed; test
     accuracies with ±1 standard error bars and their n in the legend. One run: burn-in and masked phases shaded.
-    Several: a dotted line where each run's masked phase starts.
+    Several: a dotted line where each run's masked phase starts. A black dash-dot line marks each epoch whose collapse
+    check (single-step training, ``--awp``) found the run collapsed.
     """
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
@@ -189,6 +192,11 @@ def training_chart(runs: Sequence[RunRecords], classes: Sequence[int | None] | N
                              color=colour if not single else RUN_COLOURS[j % len(RUN_COLOURS)],
                              linestyle=("--", "-", ":", "-.")[j % 4] if not single else "-",
                              label=f"{tag}{test_label(key)}" + (f" ({n})" if n else ""))
+        collapsed = [r["epoch"] for r in records.metrics if r.get("collapsed") is True and is_number(r.get("epoch"))]
+        for epoch in collapsed:  # the collapse check of single-step and AWP runs (fastpart.monitor.collapse_check)
+            for ax in (loss_ax, train_ax, test_ax):
+                first = ax is train_ax and epoch == collapsed[0]
+                ax.axvline(epoch, **COLLAPSE_STYLE, label=f"{tag}collapsed" if first else None)
         if single:
             for phase, start, stop in _phase_spans(records.metrics):
                 for ax in (loss_ax, train_ax, test_ax):

@@ -166,6 +166,25 @@ def test_training_curves_show_chance_full_range_and_error_bars(tmp_path):
     assert any("n=32" in t for t in legend), legend
 
 
+
+def test_a_collapsed_epoch_is_marked_on_every_panel(tmp_path):
+    from fastpart.figures import training_chart
+
+    run = fake_run(tmp_path / "run", accuracy=0.3)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["collapsed"] = line["epoch"] == 2  # the collapse check's flag in metrics.jsonl
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fig = training_chart([read_run(run)], [10])
+    for ax in fig.axes[:3]:
+        marks = [line for line in ax.get_lines() if line.get_gid() == "collapsed"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [2, 2]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "collapsed" in legend
+    plain = training_chart([read_run(fake_run(tmp_path / "plain"))], [10])
+    assert not any(line.get_gid() == "collapsed" for ax in plain.axes for line in ax.get_lines())
+
+
 # 4. where a comparison goes; 5. --quiet ----------------------------------------------------------------------------
 
 
