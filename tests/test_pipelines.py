@@ -19,10 +19,12 @@ from fastpart.config import METHODS
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 ROWS = [(d, m) for d in ("cifar10", "svhn", "tinyimagenet") for m in METHODS]
+RECIPES = {"part_ema_awp": "strong", "part_nfgsm": "cheap"}  # recipe.sh's recipes beyond the paper
 
 
 def test_one_recipe_per_table1_row_each_calling_the_driver():
-    recipes = {p.stem for p in PIPELINES.glob("*.sh")} - {"table1", "reproduce_at_part", "cpu_study"}
+    recipes = {p.stem for p in PIPELINES.glob("*.sh")} - {"table1", "reproduce_at_part", "cpu_study", "recipe",
+                                                          *RECIPES}
     assert recipes == {f"{d}_{m}" for d, m in ROWS}
     for d, m in ROWS:
         text = (PIPELINES / f"{d}_{m}.sh").read_text()
@@ -42,40 +44,27 @@ def data(tmp_path_factory) -> Path:
 
 
 # In --smoke mode a recipe's dataset only names the run and every recipe runs the same driver (checked above),
-# so one recipe covers it with an objective the other smokes leave out (they run AT and PART): PART-T. MART and
-# every other method train end to end in test_part, test_train and test_objectives.
-SMOKED = ["svhn_part-trades"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", SMOKED)
-def test_smoke(name, data, tmp_path):
-    result = smoke(PIPELINES / f"{name}.sh", tmp_path / "run", data)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "run"
-    method = name.split("_", 1)[1]
-    assert json.loads((run / "config.json").read_text())["method"] == method
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
-    record = json.loads((run / "eval.json").read_text())
-    assert list(record["results"]) == ["natural", "pgd20", "mma", "aa-fast"] and record["n"] == 16
-    assert record["results"]["aa-fast"]["n"] == 8
-    assert (run / "eval.csv").read_text().splitlines()[1].startswith(f"{method},shapes,resnet18_cifar_w8,")
-    assert result.stdout.strip().splitlines()[-1] == str(run / "report" / "report.md")
-    assert (run / "report" / "report.md").is_file()
-
-
+# so one recipe covers it, over two seeds, with an objective the other smokes leave out (they run AT and PART):
+# PART-T. MART and every other method train end to end in test_part, test_train and test_objectives.
 @pytest.mark.slow
 def test_smoke_over_seeds_reports_table1(data, tmp_path):
     env = {**os.environ, "FASTPART": str(Path(sys.executable).with_name("fastpart"))}
-    result = subprocess.run(["bash", str(PIPELINES / "cifar10_at.sh"), "--smoke", "--seeds", "0,1", "--out",
+    result = subprocess.run(["bash", str(PIPELINES / "svhn_part-trades.sh"), "--smoke", "--seeds", "0,1", "--out",
                              str(tmp_path / "run"), "--data-dir", str(data)], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for seed in (0, 1):
-        assert json.loads((tmp_path / f"run_seed{seed}" / "config.json").read_text())["seed"] == seed
+        run = tmp_path / f"run_seed{seed}"
+        config = json.loads((run / "config.json").read_text())
+        assert (config["seed"], config["method"]) == (seed, "part-trades")
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+        record = json.loads((run / "eval.json").read_text())
+        assert list(record["results"]) == ["natural", "pgd20", "mma", "aa-fast"] and record["n"] == 16
+        assert record["results"]["aa-fast"]["n"] == 8
+        assert (run / "eval.csv").read_text().splitlines()[1].startswith("part-trades,shapes,resnet18_cifar_w8,")
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "run_seeds" / "report.md")
     table = (tmp_path / "run_seeds" / "table1.csv").read_text().splitlines()
-    assert len(table) == 2 and table[1].startswith("at,shapes,resnet18_cifar_w8,2,")
+    assert len(table) == 2 and table[1].startswith("part-trades,shapes,resnet18_cifar_w8,2,")
 
 
 @pytest.mark.slow
@@ -105,6 +94,29 @@ def test_smoke_of_the_gpu_study_and_the_paired_cpu_study_it_runs(tmp_path):
     assert "cpu_study.sh" in recorded and "--smoke" in recorded and "--out" in recorded  # the options as given
     assert any(n.endswith("study-rest.log") for n in names)
     assert not any(n.endswith(".pt") for n in names)  # no checkpoints come back
+
+
+@pytest.mark.slow
+def test_smoke_of_the_strong_and_the_cheap_recipe(data, tmp_path):
+    """PART + EMA + AWP and N-FGSM-PART, convert -> train -> eval -> report at tiny scale, through their callers."""
+    expected = {"strong": {"awp": 0.01, "ema": 0.8, "ae": "pgd"}, "cheap": {"awp": None, "ema": None, "ae": "n-fgsm"}}
+    for caller, recipe in RECIPES.items():
+        assert f'recipe.sh" {recipe} "$@"' in (PIPELINES / f"{caller}.sh").read_text()
+        run = tmp_path / recipe
+        result = smoke(PIPELINES / f"{caller}.sh", run, data)
+        assert result.returncode == 0, result.stderr[-3000:]
+        config = json.loads((run / "config.json").read_text())
+        assert {k: config[k] for k in expected[recipe]} == expected[recipe] and config["method"] == "part"
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert len(records) == 2 and all("collapsed" in r for r in records)  # the collapse check of both
+        assert ("awp_loss" in records[-1]) == (recipe == "strong")
+        record = json.loads((run / "eval.json").read_text())
+        assert list(record["results"]) == ["natural", "pgd20"] and record["n"] == 16
+        assert (record["checkpoint"].endswith("best.pt"), record["weights"]) == (
+            (True, "ema") if recipe == "strong" else (False, "live"))
+        assert (run / "report" / "report.md").is_file()
+    bad = subprocess.run(["bash", str(PIPELINES / "recipe.sh"), "fastest"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "choose a recipe: strong (PART + EMA + AWP) or cheap (N-FGSM-PART)" in bad.stderr
 
 
 def test_the_reproduction_is_the_study_at_the_papers_scale():
