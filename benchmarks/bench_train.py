@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=2000, help="shapes: training images to generate")
     parser.add_argument("--model", default="resnet18_cifar_w8")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-n", type=int, help="train on this many of the split's images (default: all)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--mask-freqs", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--ae", nargs="+", default=["pgd"], choices=TRAINING_ATTACKS,
@@ -97,7 +98,7 @@ def main() -> None:
         runs = args.keep or Path(tmp)
         base = dict(dataset=args.dataset, data_dir=data_dir, model=args.model, epochs=args.epochs,
                     batch_size=args.batch_size, eval_n=100, eval_steps=1, device=args.device, burn_in=0,
-                    compile=args.compile)
+                    compile=args.compile, train_n=args.train_n)
         rows = []
         for ae in args.ae:
             tag = "" if ae == "pgd" else f" {ae}"
@@ -121,7 +122,8 @@ def main() -> None:
         print(table(refresh, ["backend", "seconds_per_1000"]))
     name = "train" if args.ae == ["pgd"] else "train-" + "-".join(args.ae)
     path = write_result(name, device, {"dataset": args.dataset, "model": args.model, "epochs": args.epochs,
-                                        "batch_size": args.batch_size, "compile": args.compile, "ae": args.ae, "runs": rows,
+                                        "batch_size": args.batch_size, "compile": args.compile, "ae": args.ae,
+                                        "train_n": args.train_n, "runs": rows,
                                           "mask_refresh": refresh})
     print(f"wrote {path}")
 

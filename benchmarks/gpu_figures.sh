@@ -16,9 +16,11 @@
 #   3. benchmarks/bench_baseline.py --fast: the released-code-style loop beside fastpart's fast path, same GPU
 #   4. benchmarks/bench_autoattack.py: standard AutoAttack, fastpart's fast path vs pyautoattack vs torchattacks,
 #      on the same 200 test points of a model trained there for 100 batches
-#   5. CUDA correctness: tests/test_fastpath.py and tests/test_kernels.py on the GPU
-# OUTDIR receives fastpath-<card>.json/.md, baseline-<card>.json, autoattack-<card>.json/.md, every step's log
-# and steps.txt.
+#   5. benchmarks/bench_train.py --ae pgd n-fgsm: PGD-10 AT, PART, N-FGSM-AT and N-FGSM-PART images/s side by
+#      side (10,000 training images, 2 epochs each) and their cost against PGD-10 AT
+#   6. CUDA correctness: tests/test_fastpath.py and tests/test_kernels.py on the GPU
+# OUTDIR receives fastpath-<card>.json/.md, baseline-<card>.json, autoattack-<card>.json/.md,
+# train-pgd-n-fgsm-<card>.json, every step's log and steps.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
@@ -59,12 +61,14 @@ install_carried_wheels
 archive="$(ls data/downloads/cifar10*.tar.gz data/downloads/cifar-10-python.tar.gz 2>/dev/null | head -1)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 
-step convert 90 "$py" -m fastpart convert cifar10 --source "$archive" --out data --format npz
-step fastpath 270 "$py" benchmarks/bench_fastpath.py --data-dir data --dataset cifar10 --train-n 20000 \
+step convert 60 "$py" -m fastpart convert cifar10 --source "$archive" --out data --format npz
+step fastpath 240 "$py" benchmarks/bench_fastpath.py --data-dir data --dataset cifar10 --train-n 20000 \
     --epochs 2 --results "$out"
 step baseline 100 "$py" benchmarks/bench_baseline.py --dataset cifar10 --data-dir data --model resnet18_cifar \
     --batch-size 128 --batches 10 --fastpart-epochs 2 --mask-freqs 10 --fast --results "$out"
 step autoattack 60 "$py" benchmarks/bench_autoattack.py --device cuda --data-dir data --n 200 --train-batches 100 \
     --results "$out"
+step single-step 60 "$py" benchmarks/bench_train.py --dataset cifar10 --data-dir data --model resnet18_cifar \
+    --train-n 10000 --epochs 2 --ae pgd n-fgsm --mask-freqs 10 --skip-refresh-cost --results "$out"
 step cuda-tests 60 "$py" -m pytest -q -x tests/test_fastpath.py -k "compiled" tests/test_kernels.py -p no:cacheprovider
 cat "$out/steps.txt"
