@@ -123,12 +123,13 @@ class TrainConfig:
     activation: str = option("relu", "activation of the CIFAR ResNet-18 and the TRADES-style WideResNets "
                              "(resnet18_cifar*, wrn* but wrn70_16)", "method", choices=ACTIVATIONS)
     label_smoothing: float = option(0.0, "label smoothing of the training loss's cross-entropy terms (not of the "
-                                    "attack's)", "method", "float")
+                                    "attack's)", "method", "float", metavar="S")
     awp: float | None = option(None, "adversarial weight perturbation of relative size GAMMA per layer (Wu et al., "
                                "NeurIPS 2020; their 0.01 for AT, 0.005 for TRADES)", "method", "float",
                                metavar="GAMMA", shown=False)
     awp_warmup: int | None = option(None, "epochs before --awp starts (default: 10 for trades and part-trades, 0 "
-                                    "otherwise, as the official code)", "method", "int", shown=False)
+                                    "otherwise, as the official code)", "method", "int", metavar="EPOCHS",
+                                    shown=False)
     # PART
     eps_low: float = option(7 / 255, "budget of the pixels the mask does not mark important", "part", "budget",
                             part=True)
