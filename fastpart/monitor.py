@@ -14,7 +14,7 @@ epoch on ties), written atomically; its state travels in the checkpoint, so a re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,19 +38,20 @@ COLLAPSE_GAP = 0.3  # FGSM-RS accuracy above PGD's by more than this: catastroph
 
 def split_accuracy(model: nn.Module, loader: DeviceLoader, eps: float, steps: int, seed: int,
                    autocast_dtype: torch.dtype | None = None, split: str = "test", limit: int | None = None,
-                   prefix: str = "", single_step: bool = False) -> dict[str, float]:
+                   prefix: str = "", attacks: tuple[str, ...] = ("pgd",)) -> dict[str, float]:
     """``{prefix}{split}_natural_acc``, ``{prefix}{split}_pgd{steps}_acc`` and ``{prefix}{split}_n`` of
     ``model`` on the first ``limit`` images of ``loader`` (all: None), under autocast ``autocast_dtype``
-    (the training precision): PGD-``steps`` at ``eps``.
+    (the training precision): PGD-``steps`` at ``eps``. ``attacks`` may add ``"fgsm"`` (FGSM-RS at ``eps``:
+    ``{prefix}{split}_fgsm_acc``), measured on the same batches beside PGD.
 
-    Batch b's random start is seeded from (seed, split, b); under several processes rank r evaluates the
-    batches b with b % world_size == r and the counts are summed, so the result does not depend on the
-    number of processes.
+    Batch b's random start is seeded from (seed, split, b), the same for every attack; under several processes
+    rank r evaluates the batches b with b % world_size == r and the counts are summed, so the result does not
+    depend on the number of processes.
     """
     model.eval()
     predict = predict_labels(model, autocast_dtype)
     rank, world = distributed.rank(), distributed.world_size()
-    counts = torch.zeros(3, dtype=torch.float64)  # natural correct, robust correct, images
+    counts = torch.zeros(2 + len(attacks), dtype=torch.float64)  # images, natural correct, robust correct per attack
     taken = 0
     stream = "eval-pgd" if split == "test" else f"{split}-pgd"
     loader.set_epoch(0)
@@ -62,22 +63,27 @@ def split_accuracy(model: nn.Module, loader: DeviceLoader, eps: float, steps: in
         taken += len(y)
         if b % world != rank:
             continue
-        generator = torch.Generator(loader.device).manual_seed(stream_seed(seed, b, stream))
-
-        def attack(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-            if single_step:
-                return fgsm_rs(model, xs, ys, eps, generator=generator, autocast_dtype=autocast_dtype)
-            return pgd(model, xs, ys, eps, EVAL_ALPHA, steps, generator=generator, autocast_dtype=autocast_dtype,
-                       stop_on_success=True)
-
         natural = predict(x) == y
-        name = f"{split} FGSM-RS" if single_step else f"{split} PGD-{steps}"
-        robust = robust_correct(predict, x, y, attack, eps=eps, name=name, natural=natural)
-        counts += torch.tensor([int(natural.sum()), int(robust.sum()), len(y)], dtype=torch.float64)
-    natural, robust, seen = (int(v) for v in distributed.all_reduce_sum(counts).tolist())
+        found = [len(y), int(natural.sum())]
+        for name in attacks:
+            generator = torch.Generator(loader.device).manual_seed(stream_seed(seed, b, stream))
+            attack = _attack(model, name, eps, steps, generator, autocast_dtype)
+            label = f"{split} FGSM-RS" if name == "fgsm" else f"{split} PGD-{steps}"
+            found.append(int(robust_correct(predict, x, y, attack, eps=eps, name=label, natural=natural).sum()))
+        counts += torch.tensor(found, dtype=torch.float64)
+    seen, natural, *robust = (int(v) for v in distributed.all_reduce_sum(counts).tolist())
     head = f"{prefix}{split}"
-    attacked = "fgsm" if single_step else f"pgd{steps}"
-    return {f"{head}_natural_acc": natural / seen, f"{head}_{attacked}_acc": robust / seen, f"{head}_n": seen}
+    keys = [f"{head}_{'fgsm' if name == 'fgsm' else f'pgd{steps}'}_acc" for name in attacks]
+    return {f"{head}_natural_acc": natural / seen, **{k: r / seen for k, r in zip(keys, robust)}, f"{head}_n": seen}
+
+
+def _attack(model: nn.Module, name: str, eps: float, steps: int, generator: torch.Generator,
+            autocast_dtype: torch.dtype | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``split_accuracy``'s attack ``name``: FGSM-RS ("fgsm") or PGD-``steps`` with early stop ("pgd")."""
+    if name == "fgsm":
+        return lambda xs, ys: fgsm_rs(model, xs, ys, eps, generator=generator, autocast_dtype=autocast_dtype)
+    return lambda xs, ys: pgd(model, xs, ys, eps, EVAL_ALPHA, steps, generator=generator,
+                              autocast_dtype=autocast_dtype, stop_on_success=True)
 
 
 def collapse_check(model: nn.Module, loader: DeviceLoader, eps: float, steps: int, seed: int,
@@ -85,9 +91,8 @@ def collapse_check(model: nn.Module, loader: DeviceLoader, eps: float, steps: in
     """Catastrophic overfitting, seen (single-step training: Wong et al. 2020, de Jorge et al. 2022): on the
     first ``COLLAPSE_N`` images of ``loader`` (the same every epoch), accuracy under FGSM-RS and under PGD-``steps``
     at ``eps``; ``collapsed`` when PGD's falls more than ``COLLAPSE_GAP`` below FGSM-RS's. Keys ``collapse_...``."""
-    found = split_accuracy(model, loader, eps, steps, seed, autocast_dtype, "collapse", COLLAPSE_N)
-    found.update(split_accuracy(model, loader, eps, steps, seed, autocast_dtype, "collapse", COLLAPSE_N,
-                                single_step=True))
+    found = split_accuracy(model, loader, eps, steps, seed, autocast_dtype, "collapse", COLLAPSE_N,
+                           attacks=("pgd", "fgsm"))
     found["collapsed"] = found["collapse_fgsm_acc"] - found[f"collapse_pgd{steps}_acc"] > COLLAPSE_GAP
     return found
 
