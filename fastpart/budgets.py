@@ -17,7 +17,7 @@ from typing import NamedTuple, Union
 
 import torch
 
-__all__ = ["Eps", "EpsLevels", "eps_from_levels", "eps_tensor_or_float"]
+__all__ = ["Eps", "EpsLevels", "eps_from_levels", "eps_tensor_or_float", "scaled_budget"]
 
 
 class EpsLevels(NamedTuple):
@@ -44,3 +44,12 @@ def eps_tensor_or_float(eps: Eps, dtype: torch.dtype = torch.float32) -> torch.T
     if isinstance(eps, EpsLevels):
         return eps_from_levels(eps.levels, eps.high, eps.low, dtype)
     return eps
+
+
+def scaled_budget(eps: Eps, scale: float) -> Eps:
+    """A budget times ``scale``: a float or tensor multiplied, PART's two levels both multiplied."""
+    if scale == 1.0:
+        return eps
+    if isinstance(eps, EpsLevels):
+        return EpsLevels(eps.levels, eps.high * scale, eps.low * scale)
+    return eps * scale

@@ -20,9 +20,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from fastpart.budgets import Eps, EpsLevels
-
-__all__ = ["ONECYCLE_PEAK", "Schedule", "scaled_budget"]
+__all__ = ["ONECYCLE_PEAK", "Schedule"]
 
 ONECYCLE_PEAK = 0.4  # the one-cycle peak, as a fraction of the epochs (Wong et al.: 2/5)
 
@@ -59,12 +57,3 @@ class Schedule:
         if t < self.eps_delay:
             return 0.0
         return min(1.0, (t - self.eps_delay) / self.eps_warmup) if self.eps_warmup > 0 else 1.0
-
-
-def scaled_budget(eps: Eps, scale: float) -> Eps:
-    """A budget times ``scale``: a float or tensor multiplied, PART's two levels both multiplied."""
-    if scale == 1.0:
-        return eps
-    if isinstance(eps, EpsLevels):
-        return EpsLevels(eps.levels, eps.high * scale, eps.low * scale)
-    return eps * scale

@@ -25,11 +25,11 @@ from fastpart import distributed
 from fastpart.attacks.generators import Generator
 from fastpart.averaging import WeightAverage
 from fastpart.awp import AdversarialWeightPerturbation
-from fastpart.budgets import Eps
+from fastpart.budgets import Eps, scaled_budget
 from fastpart.loader import DeviceLoader
 from fastpart.objectives import Objective, natural_probs
 from fastpart.part import MaskPlan
-from fastpart.schedules import Schedule, scaled_budget
+from fastpart.schedules import Schedule
 
 __all__ = ["TIMED_BATCHES", "RunningStatsReplay", "train_epoch", "train_step"]
 

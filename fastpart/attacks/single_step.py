@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from fastpart.attacks.losses import LossFn, ce_loss
 from fastpart.attacks.pgd import pgd
-from fastpart.budgets import Eps, EpsLevels, eps_tensor_or_float
+from fastpart.budgets import Eps, EpsLevels, eps_tensor_or_float, scaled_budget
 from fastpart.inputs import attack_inputs
 from fastpart.kernels import uniform_start
 from fastpart.modes import eval_mode, frozen_parameters
@@ -62,13 +62,6 @@ def _gradient(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, loss_fn: Loss
         return torch.autograd.grad(loss, x0)[0]
 
 
-def _scaled(eps: Eps, k: float) -> Eps:
-    """The budget k eps_i, in eps's encoding."""
-    if isinstance(eps, EpsLevels):
-        return EpsLevels(eps.levels, k * eps.high, k * eps.low)
-    return k * eps
-
-
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Eps = 8 / 255, loss_fn: LossFn = ce_loss,
             generator: torch.Generator | None = None, autocast_dtype: torch.dtype | None = None,
             check_inputs: bool = True) -> torch.Tensor:
@@ -92,7 +85,7 @@ def n_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Eps = 8 / 25
     if check_inputs:
         y = attack_inputs("n_fgsm", x, y, eps)
     x = x.detach()
-    x0 = uniform_start(x, _scaled(eps, N_FGSM_NOISE), generator)
+    x0 = uniform_start(x, scaled_budget(eps, N_FGSM_NOISE), generator)
     with eval_mode(model), frozen_parameters(model):
         grad = _gradient(model, x0, y, loss_fn, autocast_dtype)
     return signed_step(x0, grad, x, eps, N_FGSM_STEP, project=False).detach()
