@@ -176,9 +176,9 @@ def test_square_in_shards_keeps_the_references_examples_and_runs_again_where_its
     passes = []
     map_shards = shards.Workers.map
 
-    def spy(self, fn, parts, progress):
+    def spy(self, fn, parts, report):
         passes.append(len(parts))
-        return map_shards(self, fn, parts, progress)
+        return map_shards(self, fn, parts, report)
 
     monkeypatch.setattr(shards.Workers, "map", spy)
     x, y = points(32)

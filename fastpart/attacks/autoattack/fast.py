@@ -13,7 +13,7 @@ from fastpart.attacks.autoattack.common import (APGD_ITERATIONS, FAB_ITERATIONS,
                                                AttackRecord, _ce, _check_oscillation, _dlr_targeted,
                                                _normalize_linf, _pad, _Reporter)
 from fastpart.attacks.autoattack.fab import _FabT
-from fastpart.attacks.autoattack.shards import ShardProgress, Workers, gather
+from fastpart.attacks.autoattack.shards import Workers, gather
 from fastpart.attacks.autoattack.square import _Square
 
 
@@ -73,8 +73,7 @@ class _Fast(_FabT, _Square):
         if m < MIN_BATCH:
             return fn(torch.arange(m, device=self.device), False, report)
         shards = self.workers.shards(m, self.device)
-        results = self.workers.map(lambda rows, k, part: fn(rows, True, part), shards,
-                                   ShardProgress(report, [len(s) for s in shards]))
+        results = self.workers.map(lambda rows, part: fn(rows, True, part), shards, report)
         return gather(shards, results, like)
 
     # -- the sequence (AutoAttack.run_standard_evaluation) ----------------------------------------

@@ -25,7 +25,7 @@ import torch
 from fastpart.attacks.autoattack.common import MIN_BATCH
 
 Report = Callable[[int, int], None]
-ShardFn = Callable[[torch.Tensor, int, Report], Any]
+ShardFn = Callable[[torch.Tensor, Report], Any]
 
 
 def can_fork() -> bool:
@@ -49,12 +49,13 @@ class Workers:
             return [torch.arange(m, device=device)]
         return [torch.arange(k, m, self.count, device=device) for k in range(self.count)]
 
-    def map(self, fn: ShardFn, shards: Sequence[torch.Tensor], progress: "ShardProgress") -> list[Any]:
-        """``fn(positions, shard, report)`` for every shard, side by side, ``report(done, left)`` reaching
-        ``progress``. A worker's exception is raised here once the others are stopped (so is the caller's
-        KeyboardInterrupt)."""
+    def map(self, fn: ShardFn, shards: Sequence[torch.Tensor], report: Report) -> list[Any]:
+        """``fn(positions, part)`` for every shard, side by side, the shards' ``part(done, left)`` reaching
+        ``report`` as one (``ShardProgress``). A worker's exception is raised here once the others are stopped
+        (so is the caller's KeyboardInterrupt)."""
+        progress = ShardProgress(report, [len(rows) for rows in shards])
         if len(shards) == 1:
-            return [fn(shards[0], 0, progress.part(0))]
+            return [fn(shards[0], progress.part(0))]
         children: dict[Connection, tuple[int, int]] = {}
         try:
             for k, rows in enumerate(shards):
@@ -63,7 +64,7 @@ class Workers:
                     warnings.simplefilter("ignore", DeprecationWarning)
                     pid = os.fork()
                 if pid == 0:
-                    _child(fn, rows, k, send)  # never returns
+                    _child(fn, rows, send)  # never returns
                 send.close()
                 children[receive] = (pid, k)
             results: list[Any] = [None] * len(shards)
@@ -96,12 +97,12 @@ class Workers:
                 os.waitpid(pid, 0)
 
 
-def _child(fn: ShardFn, rows: torch.Tensor, k: int, send: Connection) -> None:
+def _child(fn: ShardFn, rows: torch.Tensor, send: Connection) -> None:
     """A worker: compute the shard, send progress and the result (or the exception), leave at once."""
     code = 0
     try:
         torch.set_num_threads(1)
-        result = fn(rows, k, lambda done, left: send.send_bytes(pickle.dumps(("progress", done, left))))
+        result = fn(rows, lambda done, left: send.send_bytes(pickle.dumps(("progress", done, left))))
         send.send_bytes(pickle.dumps(("result", result)))
     except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
         code = 1

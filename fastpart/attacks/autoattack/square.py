@@ -16,7 +16,6 @@ from typing import Callable
 import torch
 
 from fastpart.attacks.autoattack.common import MIN_BATCH, SQUARE_QUERIES, _p_selection
-from fastpart.attacks.autoattack.shards import ShardProgress
 
 Draw = tuple[int, int, int, torch.Tensor]  # the square's side, its top row, its left column, its delta per channel
 
@@ -76,11 +75,9 @@ class _Square:
             draws = self.square_draws(gen, c, h, w)
 
             def queries(shards: list[torch.Tensor], exact: bool) -> list[tuple[torch.Tensor, list[int]]]:
-                progress = ShardProgress(lambda done, left: self.reporter.step(done, base + left),
-                                         [len(s) for s in shards])
-                return self.workers.map(lambda rows, k, report: self.square_rows(
+                return self.workers.map(lambda rows, report: self.square_rows(
                     x_best[act[rows]], margin_min[act[rows]], x[act[rows]], y[act[rows]], draws, exact, report),
-                    shards, progress)
+                    shards, lambda done, left: self.reporter.step(done, base + left))
 
             shards = self.workers.shards(len(act), self.device)
             results = queries(shards, exact=len(shards) == 1)
