@@ -28,8 +28,8 @@ from fastpart.schedules import Schedule
 __all__ = ["schedule", "generator_name", "generator_settings", "mask_plan", "mask_settings", "paper_defaults",
            "pgd_start", "process_batch_size", "released_milestones", "resolve", "resolve_device"]
 
-FALLBACK_DATASET = "cifar10"
-AWP_WARMUP = {"trades": 10}  # epochs before AWP starts by the base objective: the official TRADES-AWP's 10 (AT: 0)  # paper settings used for datasets without their own (imagefolder)
+FALLBACK_DATASET = "cifar10"  # paper settings used for datasets without their own (imagefolder)
+AWP_WARMUP = {"trades": 10}  # epochs before AWP starts by the base objective: the official TRADES-AWP's 10 (AT: 0)
 
 
 def paper_defaults(manifest: dict[str, Any]) -> TrainDefaults:

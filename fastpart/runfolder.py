@@ -55,10 +55,10 @@ TRAIN_LOCK = ".train.lock"  # held by the training process (rank 0) for the whol
 EVAL_LOCK = ".eval.lock"  # held by an evaluation writing into the folder (an evaluation may run beside training)
 RESUME_MAY_CHANGE = resume_may_change(TrainConfig)  # the settings a --resume may change (fastpart.config's table)
 
-__all__ = ["model_options", "BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
+__all__ = ["BEST", "CHECKPOINT", "CHECKPOINTS", "CONFIG", "ENV", "EVAL", "EVAL_CSV", "EVAL_LOCK", "EVAL_PROGRESS",
            "MASKS", "METRICS", "REPORT", "RESUME_MAY_CHANGE", "TRAIN_LOCK", "LoadedRun", "TrainingState",
            "RESUME_FIELDS", "append_jsonl", "build_model", "check_recordable", "checkpoint_path",
-           "keep_metrics_until", "load_checkpoint", "load_run", "read_checkpoint", "read_checkpoint_file",
+           "keep_metrics_until", "load_checkpoint", "load_run", "model_options", "read_checkpoint", "read_checkpoint_file",
            "read_metrics", "resume_conflicts", "save_checkpoint"]
 
 
