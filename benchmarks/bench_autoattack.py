@@ -376,11 +376,12 @@ def md_table(rows: list[dict[str, Any]]) -> str:
 def merge_rows(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per-attack rows of several chunks summed."""
     merged: dict[str, dict[str, Any]] = {}
+    workers: dict[str, int] = {}  # per attack: the worker processes of its rows (one implementation's: the same)
     for rows in chunks:
         for r in rows:
             m = merged.setdefault(r["attack"], {k: 0 for k in r if k not in ("attack", "robust", "host_share",
                                                                               "s_per_robust_point", "workers")})
-            workers = r.get("workers", 1)
+            workers[r["attack"]] = r.get("workers", 1)
             for k in m:
                 m[k] = round(m[k] + r[k], 4)
     out = []
@@ -388,7 +389,8 @@ def merge_rows(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         out.append({"attack": name, "seconds": round(m["seconds"], 2), "cpu_s": round(m["cpu_s"], 2),
                     "robust": f"{m['robust_before']} -> {m['robust_after']}", **{k: v for k, v in m.items()
                                                                                   if k not in ("seconds", "cpu_s")},
-                    "host_share": round(m["host_s"] / max(m["seconds"] * workers, 1e-9), 3), "workers": workers,
+                    "host_share": round(m["host_s"] / max(m["seconds"] * workers[name], 1e-9), 3),
+                    "workers": workers[name],
                     "s_per_robust_point": round(m["seconds"] / m["robust_after"], 3) if m["robust_after"] else None})
     return out
 

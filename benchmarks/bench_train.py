@@ -123,8 +123,7 @@ def main() -> None:
     name = "train" if args.ae == ["pgd"] else "train-" + "-".join(args.ae)
     path = write_result(name, device, {"dataset": args.dataset, "model": args.model, "epochs": args.epochs,
                                         "batch_size": args.batch_size, "compile": args.compile, "ae": args.ae,
-                                        "train_n": args.train_n, "runs": rows,
-                                          "mask_refresh": refresh})
+                                        "train_n": args.train_n, "runs": rows, "mask_refresh": refresh})
     print(f"wrote {path}")
 
 
